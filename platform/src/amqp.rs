@@ -1,0 +1,380 @@
+//! RabbitMQ topology and the consumer loop shared by the services.
+//!
+//! Topology: one durable topic exchange for events (`ordermesh.events` by
+//! default); per consumer a durable queue bound to its routing keys, whose
+//! dead letters go through `<exchange>.dlx` to `<queue>.dlq`.
+//!
+//! The consumer loop ([`run_consumer`]) acknowledges manually with bounded
+//! prefetch, runs the handler for up to `prefetch` deliveries at once, and
+//! reconnects with backoff when the broker goes away. The handler owns the
+//! exactly-once part (inbox + effect + outbox in one transaction); the loop
+//! only maps its verdict onto ack, requeue or dead-letter.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+
+/// Default URL of the local broker.
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default name of the events exchange.
+pub const DEFAULT_EXCHANGE: &str = "ordermesh.events";
+
+/// Where the broker is and which exchange carries the events.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub url: Secret,
+    /// The events exchange; tests use a unique name per test.
+    pub exchange: String,
+}
+
+impl BrokerConfig {
+    /// Reads `AMQP_URL` and `AMQP_EXCHANGE`.
+    pub fn from_env(env: &impl crate::config::Env) -> Self {
+        Self {
+            url: Secret::new(crate::config::string(env, "AMQP_URL", DEFAULT_URL)),
+            exchange: crate::config::string(env, "AMQP_EXCHANGE", DEFAULT_EXCHANGE),
+        }
+    }
+
+    /// The dead-letter exchange paired with the events exchange.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.exchange)
+    }
+}
+
+/// Name of the dead-letter queue of `queue`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+/// Opens a connection, retrying with backoff until it succeeds or
+/// `shutdown` fires.
+pub async fn connect(
+    config: &BrokerConfig,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Connection> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match Connection::connect(config.url.expose(), props).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "RabbitMQ not reachable; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => anyhow::bail!("shut down while connecting to RabbitMQ"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Declares the events exchange and the dead-letter exchange (idempotent).
+pub async fn declare_exchanges(channel: &Channel, config: &BrokerConfig) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            config.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            config.dead_letter_exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// A consumer's durable queue and the routing keys it is bound to.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub routing_keys: Vec<String>,
+}
+
+/// Declares `spec` with its dead-letter queue and bindings (idempotent).
+pub async fn declare_queue(
+    channel: &Channel,
+    config: &BrokerConfig,
+    spec: &QueueSpec,
+) -> lapin::Result<()> {
+    declare_exchanges(channel, config).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let dlq = dead_letter_queue(&spec.name);
+    channel
+        .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            dlq.as_str().into(),
+            config.dead_letter_exchange().into(),
+            spec.name.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(config.dead_letter_exchange().into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(spec.name.as_str().into()),
+    );
+    channel
+        .queue_declare(spec.name.as_str().into(), durable, args)
+        .await?;
+    for key in &spec.routing_keys {
+        channel
+            .queue_bind(
+                spec.name.as_str().into(),
+                config.exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// A delivered event, as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The AMQP `message_id`: the outbox event id, the deduplication key.
+    pub id: String,
+    /// The AMQP `type`: the protobuf message name.
+    pub event_type: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    /// String-valued AMQP headers (e.g. `traceparent`).
+    pub headers: BTreeMap<String, String>,
+    pub redelivered: bool,
+}
+
+impl Message {
+    fn from_delivery(delivery: &lapin::message::Delivery) -> Result<Self, String> {
+        let props = &delivery.properties;
+        let id = props
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or("message has no message_id")?;
+        let event_type = props
+            .kind()
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default();
+        let headers = props
+            .headers()
+            .as_ref()
+            .map(|table| {
+                table
+                    .inner()
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let value = match v {
+                            AMQPValue::LongString(s) => {
+                                String::from_utf8(s.as_bytes().to_vec()).ok()?
+                            }
+                            AMQPValue::ShortString(s) => s.as_str().to_owned(),
+                            _ => return None,
+                        };
+                        Some((k.as_str().to_owned(), value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            id,
+            event_type,
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            payload: delivery.data.clone(),
+            headers,
+            redelivered: delivery.redelivered,
+        })
+    }
+}
+
+/// Why a handler did not apply a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The message can never be applied (undecodable, unknown type): it is
+    /// dead-lettered at once.
+    #[error("poison message: {0}")]
+    Poison(String),
+    /// Applying failed for a reason that may pass (database unavailable):
+    /// the message goes back to the queue after a pause.
+    #[error("transient failure: {0:#}")]
+    Transient(#[from] anyhow::Error),
+}
+
+/// Applies one message. Returning `Ok` acknowledges it.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, message: Message) -> impl Future<Output = Result<(), HandleError>> + Send;
+}
+
+/// How a consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub broker: BrokerConfig,
+    pub queue: QueueSpec,
+    /// Unacknowledged deliveries in flight, and handlers run at once.
+    pub prefetch: u16,
+    /// Pause before a transiently failed message is requeued.
+    pub retry_delay: Duration,
+}
+
+/// Consumes `config.queue` until `shutdown` fires, reconnecting after any
+/// broker failure. On shutdown it stops taking deliveries, lets in-flight
+/// handlers finish and returns; unacknowledged prefetched messages go back
+/// to the queue when the channel closes.
+pub async fn run_consumer<H: Handler>(
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match consume_once(&config, &handler, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(queue = %config.queue.name, error = format!("{e:#}"), retry_in = ?delay, "consumer lost its broker connection; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!(queue = %config.queue.name, "consumer stopped");
+    Ok(())
+}
+
+/// One connection's worth of consuming. `Ok` means shutdown was requested.
+async fn consume_once<H: Handler>(
+    config: &ConsumerConfig,
+    handler: &Arc<H>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let conn = connect(&config.broker, &config.queue.name, shutdown).await?;
+    let channel = conn.create_channel().await.context("open a channel")?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .context("set prefetch")?;
+    declare_queue(&channel, &config.broker, &config.queue)
+        .await
+        .context("declare the queue")?;
+    let consumer = channel
+        .basic_consume(
+            config.queue.name.as_str().into(),
+            ShortString::from(format!("{}-{}", config.queue.name, uuid::Uuid::now_v7())),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("start consuming")?;
+    tracing::info!(queue = %config.queue.name, prefetch = config.prefetch, "consuming");
+
+    let mut failure: Option<anyhow::Error> = None;
+    let deliveries = tokio_stream::StreamExt::map_while(
+        consumer.take_until(shutdown.cancelled()),
+        |d| match d {
+            Ok(d) => Some(d),
+            Err(e) => {
+                failure = Some(anyhow::Error::new(e).context("delivery stream failed"));
+                None
+            }
+        },
+    );
+    deliveries
+        .for_each_concurrent(usize::from(config.prefetch.max(1)), |delivery| async move {
+            if let Err(e) = settle(config, handler.as_ref(), delivery).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not settle a delivery; the broker will redeliver it"
+                );
+            }
+        })
+        .await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if !shutdown.is_cancelled() {
+        anyhow::bail!("the broker ended the consumer");
+    }
+    let _ = channel.close(200, "shutting down".into()).await;
+    let _ = conn.close(200, "shutting down".into()).await;
+    Ok(())
+}
+
+/// Runs the handler on one delivery and acks, requeues or dead-letters it.
+async fn settle<H: Handler>(
+    config: &ConsumerConfig,
+    handler: &H,
+    delivery: lapin::message::Delivery,
+) -> lapin::Result<bool> {
+    let message = match Message::from_delivery(&delivery) {
+        Ok(m) => m,
+        Err(reason) => {
+            tracing::error!(queue = %config.queue.name, reason, "dead-lettering a message without identity");
+            return delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+        }
+    };
+    let id = message.id.clone();
+    match handler.handle(message).await {
+        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+        Err(HandleError::Poison(reason)) => {
+            tracing::error!(queue = %config.queue.name, message_id = %id, reason, "dead-lettering a poison message");
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
+        Err(HandleError::Transient(e)) => {
+            tracing::warn!(queue = %config.queue.name, message_id = %id, error = format!("{e:#}"), "handler failed; requeueing");
+            tokio::time::sleep(config.retry_delay).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    }
+}

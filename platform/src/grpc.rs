@@ -1,0 +1,41 @@
+//! Serving a gRPC service the ordermesh way: reflection (v1 and v1alpha,
+//! since grpcurl 1.8 speaks only v1alpha), `grpc.health.v1`, and graceful
+//! shutdown on a token, on a listener the caller bound.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// Reflection services over the ordermesh descriptor set.
+pub fn reflection_routes(routes: Routes) -> anyhow::Result<Routes> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build reflection v1")?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("build reflection v1alpha")?;
+    Ok(routes.add_service(v1).add_service(v1alpha))
+}
+
+/// Serves `routes` (plus reflection) on `listener` until `shutdown` fires,
+/// then stops accepting and waits for in-flight calls to finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let routes = reflection_routes(routes)?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .context("serve gRPC")
+}

@@ -1,0 +1,71 @@
+//! The write side of the transactional outbox. A service calls [`enqueue`]
+//! inside the transaction that changes its state; the relay publishes the
+//! row after commit. The table and its NOTIFY trigger are created by the
+//! platform migrations (`migrations/V1__outbox_inbox.sql`).
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+/// The channel the outbox trigger notifies on commit.
+pub const NOTIFY_CHANNEL: &str = "ordermesh_outbox";
+
+/// Content type of every ordermesh event payload.
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+
+/// An event to publish once the surrounding transaction commits.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// Becomes the AMQP `message_id`; consumers deduplicate on it.
+    pub event_id: Uuid,
+    /// The entity the event is about (an order id); events of one aggregate
+    /// are published in the order they were written.
+    pub aggregate_id: String,
+    pub routing_key: String,
+    /// Fully qualified protobuf message name, the AMQP `type` property.
+    pub event_type: String,
+    pub payload: Vec<u8>,
+    /// Extra AMQP headers, e.g. the W3C `traceparent` of the writing span.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl OutboxEvent {
+    /// An event carrying a protobuf message, with a fresh UUIDv7 id.
+    pub fn protobuf<M: prost::Name>(
+        aggregate_id: impl Into<String>,
+        routing_key: &str,
+        message: &M,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            aggregate_id: aggregate_id.into(),
+            routing_key: routing_key.to_owned(),
+            event_type: M::full_name(),
+            payload: message.encode_to_vec(),
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Inserts the event into the outbox of the transaction's database.
+#[tracing::instrument(skip_all, fields(event_id = %event.event_id, routing_key = %event.routing_key))]
+pub async fn enqueue(
+    tx: &tokio_postgres::Transaction<'_>,
+    event: &OutboxEvent,
+) -> Result<(), tokio_postgres::Error> {
+    let headers = serde_json::to_value(&event.headers).expect("string map serializes");
+    tx.execute(
+        r#"INSERT INTO outbox (event_id, aggregate_id, routing_key, event_type, payload, headers)
+           VALUES ($1, $2, $3, $4, $5, $6)"#,
+        &[
+            &event.event_id,
+            &event.aggregate_id,
+            &event.routing_key,
+            &event.event_type,
+            &event.payload,
+            &headers,
+        ],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Throw-away resources for integration tests, so tests run in parallel
+//! against the real local servers without seeing each other: a fresh
+//! database per [`TestDatabase`], a unique exchange and queue prefix per
+//! [`TestBroker`]. Both are removed when dropped (even when a test panics).
+//! Names start with `om_test_` / `om-test-` so a sweep can find leftovers of
+//! a killed run.
+
+use std::sync::Mutex;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use tokio_postgres::NoTls;
+
+use crate::amqp::{BrokerConfig, dead_letter_queue};
+use crate::config::Secret;
+
+/// PostgreSQL server used by tests: `TEST_PG_URL` (any database on it), or
+/// the local server.
+pub fn server_url() -> String {
+    std::env::var("TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// RabbitMQ used by tests: `TEST_AMQP_URL` or the local broker.
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| crate::amqp::DEFAULT_URL.into())
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// A database that exists for one test. The service under test creates and
+/// migrates it on start, as in production; [`TestDatabase::create`] makes it
+/// up front for tests that talk SQL first.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// A unique name; nothing is created yet.
+    pub fn new() -> Self {
+        let name = format!("om_test_{}", short_id());
+        let url = rebuild_url(&server_url(), &name);
+        Self { name, url }
+    }
+
+    /// A unique, created (empty) database.
+    pub async fn create() -> Self {
+        let db = Self::new();
+        let config: tokio_postgres::Config = db.url.parse().expect("test URL parses");
+        crate::db::ensure_database(&config)
+            .await
+            .expect("create the test database");
+        db
+    }
+
+    /// A plain client on this database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Default for TestDatabase {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `url` with its database path replaced by `name`.
+fn rebuild_url(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..host_end], name);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        run_blocking(async move {
+            let (client, connection) = tokio_postgres::connect(&server_url(), NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await?;
+            anyhow::Ok(())
+        });
+    }
+}
+
+/// A unique exchange and queue prefix on the local broker.
+pub struct TestBroker {
+    pub config: BrokerConfig,
+    /// Prefix for this test's queue names.
+    pub prefix: String,
+    queues: Mutex<Vec<String>>,
+}
+
+impl TestBroker {
+    pub fn new() -> Self {
+        let prefix = format!("om-test-{}", short_id());
+        Self {
+            config: BrokerConfig {
+                url: Secret::new(amqp_url()),
+                exchange: format!("{prefix}.events"),
+            },
+            prefix,
+            queues: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A queue name under this broker's prefix, deleted (with its dead-letter
+    /// queue) when the broker is dropped.
+    pub fn queue(&self, name: &str) -> String {
+        let full = format!("{}.{name}", self.prefix);
+        self.queues.lock().unwrap().push(full.clone());
+        full
+    }
+
+    /// Registers a queue created by something else for deletion.
+    pub fn track_queue(&self, full_name: &str) {
+        self.queues.lock().unwrap().push(full_name.to_owned());
+    }
+}
+
+impl Default for TestBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap());
+        let config = self.config.clone();
+        run_blocking(async move {
+            let conn = lapin::Connection::connect(config.url.expose(), Default::default()).await?;
+            let channel = conn.create_channel().await?;
+            for q in &queues {
+                for name in [q.clone(), dead_letter_queue(q)] {
+                    channel
+                        .queue_delete(name.into(), QueueDeleteOptions::default())
+                        .await?;
+                }
+            }
+            for ex in [config.exchange.clone(), config.dead_letter_exchange()] {
+                channel
+                    .exchange_delete(ex.into(), ExchangeDeleteOptions::default())
+                    .await?;
+            }
+            let _ = conn.close(200, "test done".into()).await;
+            anyhow::Ok(())
+        });
+    }
+}
+
+/// Runs cleanup on its own thread and runtime, so `Drop` works inside and
+/// outside an async test. Failures are printed, never panicked on.
+fn run_blocking<F>(future: F)
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let joined = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(future)
+    })
+    .join();
+    match joined {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("test cleanup failed: {e:#}"),
+        Err(_) => eprintln!("test cleanup panicked"),
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rebuild_url_swaps_the_database() {
+        assert_eq!(
+            super::rebuild_url("postgres://u@h:1/postgres", "x"),
+            "postgres://u@h:1/x"
+        );
+        assert_eq!(
+            super::rebuild_url("postgres://u@h:1/p?sslmode=disable", "x"),
+            "postgres://u@h:1/x?sslmode=disable"
+        );
+        assert_eq!(
+            super::rebuild_url("postgres://u@h:1", "x"),
+            "postgres://u@h:1/x"
+        );
+    }
+}
