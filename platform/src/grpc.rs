@@ -39,3 +39,33 @@ pub async fn serve(
         .await
         .context("serve gRPC")
 }
+
+/// `INVALID_ARGUMENT` naming `field`, with a `google.rpc.BadRequest` detail
+/// so clients can point at the field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let description = description.into();
+    let details = ErrorDetails::with_bad_request_violation(field, description.clone());
+    tonic::Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        format!("invalid {field}: {description}"),
+        details,
+    )
+}
+
+/// A health reporter with `service` (and the overall server, "") serving.
+pub async fn health(
+    service: &str,
+) -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, server) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(service, tonic_health::ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    (reporter, server)
+}

@@ -3,7 +3,7 @@
 //! and migrations ([`db`]), the transactional outbox ([`outbox`]) and
 //! consumer inbox ([`inbox`]), RabbitMQ topology and the consumer loop
 //! ([`amqp`]), gRPC serving with reflection and health ([`grpc`]), signals
-//! ([`shutdown`]) and logging ([`telemetry`]).
+//! ([`shutdown`]), supervised tasks ([`tasks`]) and logging ([`telemetry`]).
 //!
 //! It imports no service; services import it and `ordermesh-proto`.
 
@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod inbox;
 pub mod outbox;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
