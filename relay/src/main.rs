@@ -1,0 +1,28 @@
+//! `relay`: drains the outbox of every source database into RabbitMQ.
+
+use clap::Parser;
+use ordermesh_platform::{config::ProcessEnv, shutdown, telemetry};
+
+/// Relays outbox rows from PostgreSQL to RabbitMQ. Configured by environment
+/// variables (RELAY_SOURCES, RELAY_BATCH_SIZE, RELAY_FALLBACK_TICK_MS,
+/// RELAY_ADMIN_ADDR, AMQP_URL, AMQP_EXCHANGE, SHUTDOWN_GRACE_MS).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    Cli::parse();
+    telemetry::init();
+    let config = match relay::Config::from_env(&ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("relay: {e}");
+            std::process::exit(2);
+        }
+    };
+    let admin = tokio::net::TcpListener::bind(config.admin_addr).await?;
+    tracing::info!(addr = %admin.local_addr()?, "admin listening (GET /healthz)");
+    let shutdown = shutdown::on_signal();
+    relay::run(config, admin, shutdown).await
+}

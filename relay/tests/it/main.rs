@@ -1,0 +1,5 @@
+//! Relay integration tests against the local PostgreSQL and RabbitMQ. Each
+//! test has its own database and exchange.
+
+mod helpers;
+mod relay;
