@@ -1,1 +1,242 @@
-//! placeholder
+//! processor-svc: holds customer accounts and pays for orders.
+//!
+//! It serves `ordermesh.payment.v1.AccountService` over gRPC ([`grpc`]) and
+//! consumes `order.created` events ([`consumer`]). Each order is settled
+//! exactly once: the inbox entry, the rules' decision ([`rules`], a pure
+//! function), the debit, the `payments` row and the outcome event in the
+//! outbox are written in one transaction ([`store`], the only module with
+//! SQL). The relay later publishes the outcome to the order service.
+//!
+//! [`Config`], [`migrate`] and [`run`] are what `main.rs` and the
+//! integration tests use.
+
+pub mod account;
+pub mod consumer;
+mod error;
+pub mod grpc;
+pub mod rules;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, QueueSpec};
+use ordermesh_platform::config::{self, ConfigError, Env};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+
+pub use error::Error;
+
+use crate::consumer::OrderCreatedHandler;
+use crate::grpc::AccountApi;
+use crate::rules::Embargo;
+use crate::store::Store;
+
+pub const ENV_ADDR: &str = "PROCESSOR_SVC_ADDR";
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
+pub const ENV_DATABASE_URL: &str = "PROCESSOR_DATABASE_URL";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ordermesh_processor";
+pub const ENV_QUEUE: &str = "PROCESSOR_QUEUE";
+pub const DEFAULT_QUEUE: &str = "ordermesh.processor-svc.order-created";
+pub const ENV_EMBARGOED_SKUS: &str = "EMBARGOED_SKUS";
+pub const DEFAULT_EMBARGOED_SKUS: &[&str] = &["pineapple_pizza", "teapot"];
+pub const ENV_PREFETCH: &str = "AMQP_PREFETCH";
+pub const DEFAULT_PREFETCH: u16 = 64;
+pub const ENV_DB_POOL_SIZE: &str = "DB_POOL_SIZE";
+pub const DEFAULT_DB_POOL_SIZE: usize = 16;
+pub const ENV_SHUTDOWN_GRACE_MS: &str = "SHUTDOWN_GRACE_MS";
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Pause before a message that failed transiently goes back to the queue.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The gRPC service name, as health checks and reflection know it.
+pub const GRPC_SERVICE: &str =
+    <ordermesh_proto::payment::v1::account_service_server::AccountServiceServer<AccountApi> as NamedService>::NAME;
+
+/// Everything the service reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where `main` binds gRPC; tests bind their own listener.
+    pub addr: SocketAddr,
+    /// The processor's database (created when missing).
+    pub database: tokio_postgres::Config,
+    pub db_pool_size: usize,
+    pub broker: BrokerConfig,
+    /// The queue bound to `order.created`; dead letters go to `<queue>.dlq`.
+    pub queue: String,
+    /// Deliveries in flight at once.
+    pub prefetch: u16,
+    pub embargo: Embargo,
+    /// How long in-flight work may take to finish after shutdown.
+    pub shutdown_grace: Duration,
+    /// Not an environment variable: tests shorten it.
+    pub retry_delay: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let addr = config::parse(env, ENV_ADDR, default_addr())?;
+        let url = config::string(env, ENV_DATABASE_URL, DEFAULT_DATABASE_URL);
+        let database = ordermesh_platform::db::parse_url(ENV_DATABASE_URL, &url)?;
+        let db_pool_size = config::parse(env, ENV_DB_POOL_SIZE, DEFAULT_DB_POOL_SIZE)?;
+        if db_pool_size == 0 {
+            return Err(config::invalid(ENV_DB_POOL_SIZE, 0, "must be at least 1"));
+        }
+        let prefetch = config::parse(env, ENV_PREFETCH, DEFAULT_PREFETCH)?;
+        if prefetch == 0 {
+            return Err(config::invalid(ENV_PREFETCH, 0, "must be at least 1"));
+        }
+        let embargo = Embargo::new(config::list(
+            env,
+            ENV_EMBARGOED_SKUS,
+            DEFAULT_EMBARGOED_SKUS,
+        ));
+        Ok(Self {
+            addr,
+            database,
+            db_pool_size,
+            broker: BrokerConfig::from_env(env),
+            queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
+            prefetch,
+            embargo,
+            shutdown_grace: config::millis(env, ENV_SHUTDOWN_GRACE_MS, DEFAULT_SHUTDOWN_GRACE)?,
+            retry_delay: DEFAULT_RETRY_DELAY,
+        })
+    }
+
+    /// The consumer's queue, bound to `order.created`.
+    pub fn queue_spec(&self) -> QueueSpec {
+        QueueSpec {
+            name: self.queue.clone(),
+            routing_keys: vec![ordermesh_proto::events::v1::ORDER_CREATED.to_owned()],
+        }
+    }
+}
+
+fn default_addr() -> SocketAddr {
+    DEFAULT_ADDR.parse().expect("the default address parses")
+}
+
+/// Creates the database if missing and applies the migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = ordermesh_platform::db::connect_and_migrate(
+        &config.database,
+        1,
+        store::migrations(),
+        &CancellationToken::new(),
+    )
+    .await?;
+    pool.close();
+    Ok(())
+}
+
+/// Runs the service on `listener` until `shutdown` fires, then drains
+/// within `config.shutdown_grace`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = ordermesh_platform::db::connect_and_migrate(
+        &config.database,
+        config.db_pool_size,
+        store::migrations(),
+        &shutdown,
+    )
+    .await
+    .context("prepare the database")?;
+    let store = Store::new(pool);
+
+    let (_health_reporter, health) = ordermesh_platform::grpc::health(GRPC_SERVICE).await;
+    let routes = tonic::service::Routes::new(health)
+        .add_service(AccountApi::new(store.clone()).into_server());
+
+    let consumer = ConsumerConfig {
+        broker: config.broker.clone(),
+        queue: config.queue_spec(),
+        prefetch: config.prefetch,
+        retry_delay: config.retry_delay,
+    };
+    let handler = Arc::new(OrderCreatedHandler::new(store, config.embargo.clone()));
+    tracing::info!(
+        queue = %config.queue,
+        embargoed_skus = ?config.embargo.skus().collect::<Vec<_>>(),
+        "processor-svc starting"
+    );
+
+    let mut tasks = ordermesh_platform::tasks::Tasks::new(shutdown.clone());
+    tasks.spawn(
+        "grpc",
+        ordermesh_platform::grpc::serve(listener, routes, shutdown.clone()),
+    );
+    tasks.spawn(
+        "order-created consumer",
+        ordermesh_platform::amqp::run_consumer(consumer, handler, shutdown.clone()),
+    );
+    tasks.join(config.shutdown_grace).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
+        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::from_env(&env(&[])).unwrap();
+        assert_eq!(c.addr.to_string(), DEFAULT_ADDR);
+        assert_eq!(c.database.get_dbname(), Some("ordermesh_processor"));
+        assert_eq!(c.queue, DEFAULT_QUEUE);
+        assert_eq!(c.prefetch, 64);
+        assert_eq!(c.db_pool_size, 16);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.broker.exchange, "ordermesh.events");
+        assert!(c.embargo.contains("teapot") && c.embargo.contains("pineapple_pizza"));
+        assert_eq!(c.queue_spec().routing_keys, ["order.created"]);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = Config::from_env(&env(&[
+            (ENV_ADDR, "0.0.0.0:7000"),
+            (ENV_EMBARGOED_SKUS, "anvil, dynamite"),
+            (ENV_PREFETCH, "8"),
+            (ENV_SHUTDOWN_GRACE_MS, "250"),
+            ("AMQP_EXCHANGE", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(c.addr.port(), 7000);
+        assert!(c.embargo.contains("dynamite") && !c.embargo.contains("teapot"));
+        assert_eq!(c.prefetch, 8);
+        assert_eq!(c.shutdown_grace, Duration::from_millis(250));
+        assert_eq!(c.broker.exchange, "x");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            (ENV_ADDR, "nowhere"),
+            (ENV_DATABASE_URL, "postgres://u@h:5432"),
+            (ENV_PREFETCH, "0"),
+            (ENV_PREFETCH, "70000"),
+            (ENV_DB_POOL_SIZE, "0"),
+            (ENV_SHUTDOWN_GRACE_MS, "soon"),
+        ] {
+            let err = Config::from_env(&env(&[(name, value)])).unwrap_err();
+            assert_eq!(err.name, name, "{value}");
+        }
+    }
+
+    #[test]
+    fn the_health_name_is_the_grpc_service() {
+        assert_eq!(GRPC_SERVICE, "ordermesh.payment.v1.AccountService");
+    }
+}

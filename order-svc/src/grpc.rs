@@ -1,0 +1,147 @@
+//! The `ordermesh.order.v1.OrderService` handlers: decode the request into a
+//! domain value, call the store, encode the answer. Errors become a
+//! `tonic::Status` in one place ([`From<Error>`] below).
+
+use ordermesh_platform::grpc::invalid_field;
+use ordermesh_proto::order::v1 as pb;
+use pb::order_service_server::OrderService;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{ListQuery, NewOrder, Order, OrderItem, OrderStatus, check_order_id};
+use crate::error::Error;
+use crate::events;
+use crate::store::{Created, Store};
+
+/// The gRPC face of the order service.
+#[derive(Clone)]
+pub struct OrderApi {
+    store: Store,
+}
+
+impl OrderApi {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> pb::order_service_server::OrderServiceServer<Self> {
+        pb::order_service_server::OrderServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    #[tracing::instrument(skip_all, fields(order_id))]
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let order = NewOrder::try_from(request.into_inner()).map_err(Error::from)?;
+        tracing::Span::current().record("order_id", order.order_id.as_str());
+        let created = self
+            .store
+            .create_order(&order, &events::order_created(&order))
+            .await?;
+        if let Created::Inserted(_) = created {
+            tracing::info!(order_id = %order.order_id, total_minor = order.total_minor, "order created");
+        }
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some(created.into_order().into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        check_order_id("order_id", &order_id).map_err(Error::from)?;
+        let order = self.store.get_order(&order_id).await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(order.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let query = ListQuery::try_from(request.into_inner()).map_err(Error::from)?;
+        let page = self.store.list_orders(&query).await?;
+        let next_page_token = match page.orders.last() {
+            Some(last) if page.more => query.filter.page_token(last.seq),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: page.orders.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(v) => invalid_field(&v.field, v.reason),
+            Error::NotFound(id) => Status::not_found(format!("order {id} not found")),
+            Error::AlreadyExists(id) => {
+                Status::already_exists(format!("order {id} already exists with different content"))
+            }
+            Error::Unavailable(e) => {
+                tracing::warn!(error = format!("{e:#}"), "database unavailable");
+                Status::unavailable("the service is temporarily unavailable; retry later")
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "request failed");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<Order> for pb::Order {
+    fn from(o: Order) -> Self {
+        Self {
+            order_id: o.order_id,
+            customer_id: o.customer_id,
+            currency_code: o.currency_code,
+            items: o.items.into_iter().map(Into::into).collect(),
+            total_minor: o.total_minor,
+            status: pb::OrderStatus::from(o.status).into(),
+            failure_reason: o.failure_reason.unwrap_or_default(),
+            version: o.version,
+            create_time: Some(timestamp(o.create_time)),
+            update_time: Some(timestamp(o.update_time)),
+        }
+    }
+}
+
+impl From<OrderItem> for pb::OrderItem {
+    fn from(i: OrderItem) -> Self {
+        Self {
+            sku: i.sku,
+            quantity: i.quantity,
+            unit_price_minor: i.unit_price_minor,
+        }
+    }
+}
+
+impl From<OrderStatus> for pb::OrderStatus {
+    fn from(s: OrderStatus) -> Self {
+        match s {
+            OrderStatus::Pending => Self::Pending,
+            OrderStatus::Paid => Self::Paid,
+            OrderStatus::Failed => Self::Failed,
+            OrderStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}

@@ -1,0 +1,261 @@
+//! All SQL of order-svc, behind [`Store`]: one method per operation, each in
+//! its own transaction. The schema is in `migrations/`; the outbox and inbox
+//! tables and their helpers come from the platform crate.
+
+use anyhow::Context;
+use deadpool_postgres::{Object, Pool};
+use ordermesh_platform::{inbox, outbox};
+use tokio_postgres::Row;
+use tokio_postgres::types::Json;
+
+use crate::domain::{ListQuery, NewOrder, Order, OrderItem, OrderStatus, PaymentResult};
+use crate::error::Error;
+
+/// Name under which the payment consumer records applied message ids.
+pub const INBOX_CONSUMER: &str = "order-svc";
+
+/// The orders database.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// What `create_order` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new order, stored with its outbox event.
+    Inserted(Order),
+    /// The same order was created before; nothing was written.
+    Existing(Order),
+}
+
+impl Created {
+    pub fn into_order(self) -> Order {
+        match self {
+            Self::Inserted(o) | Self::Existing(o) => o,
+        }
+    }
+}
+
+/// One page of `list_orders`.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub orders: Vec<Order>,
+    /// Whether older orders match the filter.
+    pub more: bool,
+}
+
+/// What `apply_payment_result` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The order left PENDING; this is its new version.
+    Moved { version: i64 },
+    /// The message id was applied before.
+    Duplicate,
+    /// The order had already left PENDING; it keeps its state.
+    NotPending(OrderStatus),
+    /// No such order.
+    UnknownOrder,
+}
+
+impl Store {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    async fn client(&self) -> Result<Object, Error> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Error::Unavailable(anyhow::Error::new(e).context("get a connection")))
+    }
+
+    /// Stores `order` (PENDING, version 1) and `event` in one transaction.
+    /// When the order id exists, returns the stored order if its content
+    /// fingerprint matches and `AlreadyExists` otherwise; a concurrent
+    /// duplicate waits on the first insert and then takes that branch.
+    #[tracing::instrument(skip_all, fields(order_id = %order.order_id))]
+    pub async fn create_order(
+        &self,
+        order: &NewOrder,
+        event: &outbox::OutboxEvent,
+    ) -> Result<Created, Error> {
+        let fingerprint = order.fingerprint();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin")?;
+        let inserted = tx
+            .query_opt(
+                r#"INSERT INTO orders (order_id, customer_id, currency_code, items, total_minor,
+                                       status, version, request_fingerprint)
+                   VALUES ($1, $2, $3, $4, $5, 'PENDING', 1, $6)
+                   ON CONFLICT (order_id) DO NOTHING
+                   RETURNING order_id, seq, customer_id, currency_code, items, total_minor,
+                             status, failure_reason, version, create_time, update_time"#,
+                &[
+                    &order.order_id,
+                    &order.customer_id,
+                    &order.currency_code,
+                    &Json(&order.items),
+                    &order.total_minor,
+                    &fingerprint,
+                ],
+            )
+            .await
+            .context("insert the order")?;
+        if let Some(row) = inserted {
+            outbox::enqueue(&tx, event)
+                .await
+                .context("enqueue the order.created event")?;
+            tx.commit().await.context("commit the new order")?;
+            return Ok(Created::Inserted(order_from_row(&row)?));
+        }
+
+        let row = tx
+            .query_one(
+                r#"SELECT order_id, seq, customer_id, currency_code, items, total_minor,
+                          status, failure_reason, version, create_time, update_time,
+                          request_fingerprint
+                   FROM orders WHERE order_id = $1"#,
+                &[&order.order_id],
+            )
+            .await
+            .context("read the existing order")?;
+        tx.commit().await.context("end the transaction")?;
+        let stored: Vec<u8> = row
+            .try_get("request_fingerprint")
+            .context("read request_fingerprint")?;
+        if stored != fingerprint {
+            return Err(Error::AlreadyExists(order.order_id.clone()));
+        }
+        Ok(Created::Existing(order_from_row(&row)?))
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn get_order(&self, order_id: &str) -> Result<Order, Error> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                r#"SELECT order_id, seq, customer_id, currency_code, items, total_minor,
+                          status, failure_reason, version, create_time, update_time
+                   FROM orders WHERE order_id = $1"#,
+                &[&order_id],
+            )
+            .await
+            .context("read the order")?;
+        match row {
+            Some(row) => order_from_row(&row),
+            None => Err(Error::NotFound(order_id.to_owned())),
+        }
+    }
+
+    /// Newest first, at most `query.page_size` orders older than the cursor.
+    #[tracing::instrument(skip(self))]
+    pub async fn list_orders(&self, query: &ListQuery) -> Result<Page, Error> {
+        let client = self.client().await?;
+        let customer_id = query.filter.customer_id.as_deref();
+        let status = query.filter.status.map(OrderStatus::as_str);
+        // One row more than asked tells whether another page follows.
+        let limit = i64::try_from(query.page_size).context("page size")? + 1;
+        let rows = client
+            .query(
+                r#"SELECT order_id, seq, customer_id, currency_code, items, total_minor,
+                          status, failure_reason, version, create_time, update_time
+                   FROM orders
+                   WHERE ($1::text IS NULL OR customer_id = $1)
+                     AND ($2::text IS NULL OR status = $2)
+                     AND ($3::bigint IS NULL OR seq < $3)
+                   ORDER BY seq DESC
+                   LIMIT $4"#,
+                &[&customer_id, &status, &query.before_seq, &limit],
+            )
+            .await
+            .context("list orders")?;
+        let more = rows.len() > query.page_size;
+        let orders = rows
+            .iter()
+            .take(query.page_size)
+            .map(order_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(Page { orders, more })
+    }
+
+    /// Applies a payment result delivered as `message_id`, once: the inbox
+    /// row and the state change commit together. Only a PENDING order moves,
+    /// so a late or repeated result never undoes a decision.
+    #[tracing::instrument(skip(self, result), fields(order_id = %result.order_id))]
+    pub async fn apply_payment_result(
+        &self,
+        message_id: &str,
+        result: &PaymentResult,
+    ) -> Result<Applied, Error> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin")?;
+        if !inbox::record(&tx, INBOX_CONSUMER, message_id)
+            .await
+            .context("record the message in the inbox")?
+        {
+            tx.commit().await.context("end the transaction")?;
+            return Ok(Applied::Duplicate);
+        }
+        let updated = tx
+            .query_opt(
+                r#"UPDATE orders
+                   SET status = $2, failure_reason = $3, version = version + 1,
+                       update_time = now()
+                   WHERE order_id = $1 AND status = 'PENDING'
+                   RETURNING version"#,
+                &[
+                    &result.order_id,
+                    &result.outcome.status().as_str(),
+                    &result.outcome.failure_reason(),
+                ],
+            )
+            .await
+            .context("update the order status")?;
+        let applied = match updated {
+            Some(row) => Applied::Moved {
+                version: row.try_get("version").context("read version")?,
+            },
+            None => {
+                let status = tx
+                    .query_opt(
+                        r#"SELECT status FROM orders WHERE order_id = $1"#,
+                        &[&result.order_id],
+                    )
+                    .await
+                    .context("read the order status")?;
+                match status {
+                    Some(row) => Applied::NotPending(parse_status(&row)?),
+                    None => Applied::UnknownOrder,
+                }
+            }
+        };
+        tx.commit().await.context("commit the payment result")?;
+        Ok(applied)
+    }
+}
+
+fn parse_status(row: &Row) -> Result<OrderStatus, Error> {
+    let status: &str = row.try_get("status").context("read status")?;
+    Ok(status.parse().context("parse status")?)
+}
+
+fn order_from_row(row: &Row) -> Result<Order, Error> {
+    let read = || -> Result<Order, anyhow::Error> {
+        let Json(items): Json<Vec<OrderItem>> = row.try_get("items")?;
+        Ok(Order {
+            order_id: row.try_get("order_id")?,
+            customer_id: row.try_get("customer_id")?,
+            currency_code: row.try_get("currency_code")?,
+            items,
+            total_minor: row.try_get("total_minor")?,
+            status: row.try_get::<_, &str>("status")?.parse()?,
+            failure_reason: row.try_get("failure_reason")?,
+            version: row.try_get("version")?,
+            create_time: row.try_get("create_time")?,
+            update_time: row.try_get("update_time")?,
+            seq: row.try_get("seq")?,
+        })
+    };
+    Ok(read().context("read an order row")?)
+}

@@ -1,0 +1,143 @@
+//! `ordermesh.payment.v1.AccountService` over gRPC. Handlers only decode
+//! the request into domain types, call the store and encode the answer;
+//! [`Error`] becomes a `tonic::Status` in one place, below.
+
+use ordermesh_proto::payment::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::Error;
+use crate::account::{Account, Deposit, NewAccount, parse_customer_id};
+use crate::store::Store;
+
+/// The AccountService implementation.
+#[derive(Debug, Clone)]
+pub struct AccountApi {
+    store: Store,
+}
+
+impl AccountApi {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The service, ready to be added to a router.
+    pub fn into_server(self) -> pb::account_service_server::AccountServiceServer<Self> {
+        pb::account_service_server::AccountServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::account_service_server::AccountService for AccountApi {
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+        let r = request.into_inner();
+        let new = NewAccount::parse(r.customer_id, r.currency_code)?;
+        let account = self.store.create_account(&new).await?;
+        Ok(Response::new(pb::CreateAccountResponse {
+            account: Some(account.into()),
+        }))
+    }
+
+    async fn deposit(
+        &self,
+        request: Request<pb::DepositRequest>,
+    ) -> Result<Response<pb::DepositResponse>, Status> {
+        let r = request.into_inner();
+        let deposit = Deposit::parse(r.customer_id, r.amount_minor, r.deposit_id)?;
+        let account = self.store.deposit(&deposit).await?;
+        Ok(Response::new(pb::DepositResponse {
+            account: Some(account.into()),
+        }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let customer_id = parse_customer_id(request.into_inner().customer_id)?;
+        let account = self.store.get_account(&customer_id).await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account.into()),
+        }))
+    }
+}
+
+impl From<Account> for pb::Account {
+    fn from(a: Account) -> Self {
+        Self {
+            customer_id: a.customer_id,
+            currency_code: a.currency_code,
+            balance_minor: a.balance_minor,
+            create_time: Some(timestamp(a.create_time)),
+            update_time: Some(timestamp(a.update_time)),
+        }
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidArgument { field, description } => {
+                ordermesh_platform::grpc::invalid_field(field, description)
+            }
+            Error::AccountNotFound(id) => Status::not_found(format!("account {id:?} not found")),
+            Error::AccountExists(id) => {
+                Status::already_exists(format!("account {id:?} already exists"))
+            }
+            Error::DepositConflict(id) => Status::already_exists(format!(
+                "deposit_id {id:?} was already used for another customer or amount"
+            )),
+            Error::BalanceOverflow => {
+                Status::failed_precondition("the deposit would exceed the largest balance")
+            }
+            Error::Pool(e) => {
+                tracing::error!(error = %e, "no database connection");
+                Status::unavailable("temporarily unavailable; retry later")
+            }
+            Error::Database(e) => {
+                tracing::error!(error = %e, "database error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_name_the_field_or_stay_generic() {
+        let s = Status::from(Error::invalid("amount_minor", "must be greater than 0"));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().contains("amount_minor"));
+
+        let s = Status::from(Error::AccountNotFound("c".into()));
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        let s = Status::from(Error::DepositConflict("d".into()));
+        assert_eq!(s.code(), tonic::Code::AlreadyExists);
+        let s = Status::from(Error::BalanceOverflow);
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn timestamps_keep_subseconds() {
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap();
+        assert_eq!(
+            timestamp(t),
+            prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 123_456_000
+            }
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of processor-svc against the local PostgreSQL and
+//! RabbitMQ, one binary so it links once. Every test spawns its own service
+//! with a fresh database, exchange and queue ([`helpers::spawn_app`]).
+
+mod accounts;
+mod helpers;
+mod lifecycle;
+mod payments;
