@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""Assertions on the rendered ordermesh Helm chart (real `helm template` output).
+
+Run by deploy/check.sh with the venv's python (PyYAML and jsonschema):
+
+    .tools/venv/bin/python deploy/tests/chart_test.py [-v]
+
+HELM names the helm binary (default: <repo>/.tools/bin/helm, then PATH).
+Exits non-zero when an assertion fails.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "ordermesh"
+PRODUCTION = ROOT / "deploy" / "helm" / "values-production.yaml"
+SERVICEMONITOR_SCHEMA = Path(__file__).resolve().parent / "servicemonitor.schema.json"
+RELEASE = "om"
+COMPONENTS = ("order-svc", "processor-svc", "relay")
+HOOK_PHASES = {"pre-install", "pre-upgrade"}
+
+
+def helm_binary():
+    env = os.environ.get("HELM")
+    if env:
+        return env
+    local = ROOT / ".tools" / "bin" / "helm"
+    if local.exists():
+        return str(local)
+    found = shutil.which("helm")
+    if not found:
+        raise SystemExit("chart_test: no helm (set HELM or run deploy/check.sh)")
+    return found
+
+
+HELM = helm_binary()
+# Keep helm's cache/config out of the user's home.
+HELM_HOME = tempfile.mkdtemp(prefix="ordermesh-chart-test-")
+HELM_ENV = dict(
+    os.environ,
+    HELM_CACHE_HOME=f"{HELM_HOME}/cache",
+    HELM_CONFIG_HOME=f"{HELM_HOME}/config",
+    HELM_DATA_HOME=f"{HELM_HOME}/data",
+)
+
+
+def helm(*args, check=True):
+    proc = subprocess.run(
+        [HELM, *args],
+        capture_output=True,
+        text=True,
+        env=HELM_ENV,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def render(*args):
+    """`helm template` the chart; returns the list of objects."""
+    out = helm("template", RELEASE, str(CHART), "--namespace", "ordermesh", *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def named(docs, kind, component):
+    name = f"{RELEASE}-ordermesh-{component}"
+    matches = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def hook_phases(obj):
+    ann = obj["metadata"].get("annotations") or {}
+    return {p.strip() for p in ann.get("helm.sh/hook", "").split(",") if p.strip()}
+
+
+def pod_specs(docs):
+    """(label, pod spec) of every pod template: Deployments and Jobs."""
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            yield f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
+
+
+def env_of(container):
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+DEFAULT = render()
+PROD = render("-f", str(PRODUCTION))
+
+
+class Deployments(unittest.TestCase):
+    def test_three_deployments(self):
+        names = sorted(d["metadata"]["name"] for d in by_kind(DEFAULT, "Deployment"))
+        self.assertEqual(names, sorted(f"{RELEASE}-ordermesh-{c}" for c in COMPONENTS))
+
+    def test_probes(self):
+        for docs in (DEFAULT, PROD):
+            for component in COMPONENTS:
+                dep = named(docs, "Deployment", component)
+                (container,) = dep["spec"]["template"]["spec"]["containers"]
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    self.assertTrue(probe in container, f"{component} has no {probe}")
+                    p = container[probe]
+                    if component == "relay":
+                        self.assertEqual(p["httpGet"]["path"], "/healthz")
+                        self.assertEqual(p["httpGet"]["port"], "admin")
+                    else:
+                        port = container["ports"][0]["containerPort"]
+                        self.assertEqual(p["grpc"], {"port": port}, f"{component} {probe}")
+
+    def test_commands_and_listen_addresses(self):
+        cm = by_kind(DEFAULT, "ConfigMap")[0]["data"]
+        self.assertEqual(cm["ORDER_SVC_ADDR"], "0.0.0.0:50051")
+        self.assertEqual(cm["PROCESSOR_SVC_ADDR"], "0.0.0.0:50052")
+        self.assertEqual(cm["RELAY_ADMIN_ADDR"], "0.0.0.0:9100")
+        for component in COMPONENTS:
+            (c,) = named(DEFAULT, "Deployment", component)["spec"]["template"]["spec"]["containers"]
+            self.assertEqual(c["command"], [f"/usr/local/bin/{component}"])
+
+    def test_connection_env(self):
+        wanted = {
+            "order-svc": {"ORDER_DATABASE_URL", "AMQP_URL"},
+            "processor-svc": {"PROCESSOR_DATABASE_URL", "AMQP_URL"},
+            "relay": {"ORDER_DATABASE_URL", "PROCESSOR_DATABASE_URL", "AMQP_URL", "RELAY_SOURCES"},
+        }
+        for component, names in wanted.items():
+            (c,) = named(DEFAULT, "Deployment", component)["spec"]["template"]["spec"]["containers"]
+            env = env_of(c)
+            self.assertTrue(names <= env.keys(), f"{component}: {names - env.keys()} missing")
+            for name in names - {"RELAY_SOURCES"}:
+                self.assertIn("secretKeyRef", env[name]["valueFrom"], f"{component} {name}")
+        (relay,) = named(DEFAULT, "Deployment", "relay")["spec"]["template"]["spec"]["containers"]
+        self.assertEqual(
+            env_of(relay)["RELAY_SOURCES"]["value"], "$(ORDER_DATABASE_URL),$(PROCESSOR_DATABASE_URL)"
+        )
+
+    def test_services_select_their_pods(self):
+        for component in COMPONENTS:
+            dep = named(DEFAULT, "Deployment", component)
+            svc = named(DEFAULT, "Service", component)
+            pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+            for k, v in svc["spec"]["selector"].items():
+                self.assertEqual(pod_labels.get(k), v, f"{component} service selector {k}")
+            port_names = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+            self.assertIn(svc["spec"]["ports"][0]["targetPort"], port_names)
+
+
+class RelayReplicas(unittest.TestCase):
+    def replicas(self, docs):
+        return named(docs, "Deployment", "relay")["spec"]["replicas"]
+
+    def test_default_is_two(self):
+        self.assertEqual(self.replicas(DEFAULT), 2)
+
+    def test_set_changes_rendered_replicas(self):
+        self.assertEqual(self.replicas(render("--set", "relay.replicaCount=5")), 5)
+        self.assertEqual(self.replicas(render("--set", "relay.replicaCount=1")), 1)
+
+    def test_hpa_owns_replicas_when_enabled(self):
+        docs = render("--set", "relay.autoscaling.enabled=true")
+        self.assertNotIn("replicas", named(docs, "Deployment", "relay")["spec"])
+        named(docs, "HorizontalPodAutoscaler", "relay")
+
+
+class MigrationsHook(unittest.TestCase):
+    def job(self, docs):
+        (job,) = by_kind(docs, "Job")
+        return job
+
+    def test_job_is_pre_install_pre_upgrade_hook(self):
+        for docs in (DEFAULT, PROD):
+            job = self.job(docs)
+            self.assertEqual(hook_phases(job), HOOK_PHASES)
+            ann = job["metadata"]["annotations"]
+            self.assertIn("helm.sh/hook-weight", ann)
+            self.assertIn("before-hook-creation", ann["helm.sh/hook-delete-policy"])
+
+    def test_job_runs_both_migrations(self):
+        spec = self.job(DEFAULT)["spec"]["template"]["spec"]
+        commands = [c["command"] for c in spec.get("initContainers", []) + spec["containers"]]
+        self.assertEqual(
+            commands,
+            [["/usr/local/bin/order-svc", "migrate"], ["/usr/local/bin/processor-svc", "migrate"]],
+        )
+        self.assertEqual(spec["restartPolicy"], "Never")
+        self.assertNotIn("serviceAccountName", spec, "the release's ServiceAccount does not exist yet")
+
+    def test_job_secret_exists_before_the_job(self):
+        job = self.job(DEFAULT)
+        spec = job["spec"]["template"]["spec"]
+        refs = {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for c in spec["initContainers"] + spec["containers"]
+            for e in c["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        self.assertEqual(len(refs), 1)
+        (secret,) = [s for s in by_kind(DEFAULT, "Secret") if s["metadata"]["name"] in refs]
+        self.assertEqual(hook_phases(secret), HOOK_PHASES)
+        weight = lambda o: int(o["metadata"]["annotations"]["helm.sh/hook-weight"])  # noqa: E731
+        self.assertLess(weight(secret), weight(job))
+
+    def test_existing_secret_is_used_directly(self):
+        job = self.job(PROD)
+        spec = job["spec"]["template"]["spec"]
+        refs = {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for c in spec["initContainers"] + spec["containers"]
+            for e in c["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        self.assertEqual(refs, {"ordermesh-postgres"})
+        self.assertEqual(by_kind(PROD, "Secret"), [], "no chart Secret with existing secrets")
+
+    def test_can_be_disabled(self):
+        self.assertEqual(by_kind(render("--set", "migrations.enabled=false"), "Job"), [])
+
+
+class Availability(unittest.TestCase):
+    def test_hpa(self):
+        for docs in (DEFAULT, PROD):
+            for component in ("order-svc", "processor-svc"):
+                hpa = named(docs, "HorizontalPodAutoscaler", component)
+                self.assertEqual(hpa["apiVersion"], "autoscaling/v2")
+                self.assertEqual(hpa["spec"]["scaleTargetRef"]["name"], f"{RELEASE}-ordermesh-{component}")
+                self.assertGreaterEqual(hpa["spec"]["maxReplicas"], hpa["spec"]["minReplicas"])
+                self.assertNotIn("replicas", named(docs, "Deployment", component)["spec"])
+
+    def test_pdb(self):
+        for docs in (DEFAULT, PROD):
+            for component in COMPONENTS:
+                pdb = named(docs, "PodDisruptionBudget", component)
+                self.assertEqual(pdb["apiVersion"], "policy/v1")
+                pod_labels = named(docs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
+                for k, v in pdb["spec"]["selector"]["matchLabels"].items():
+                    self.assertEqual(pod_labels.get(k), v)
+                self.assertTrue({"minAvailable", "maxUnavailable"} & pdb["spec"].keys())
+
+
+class Security(unittest.TestCase):
+    def check(self, docs):
+        specs = list(pod_specs(docs))
+        self.assertEqual(len(specs), 4, "three Deployments and the migrations Job")
+        for label, spec in specs:
+            psc = spec["securityContext"]
+            self.assertIs(psc["runAsNonRoot"], True, label)
+            self.assertNotEqual(psc.get("runAsUser", 0), 0, label)
+            self.assertEqual(psc["seccompProfile"]["type"], "RuntimeDefault", label)
+            self.assertIs(spec["automountServiceAccountToken"], False, label)
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                where = f"{label} container {c['name']}"
+                sc = c["securityContext"]
+                self.assertIs(sc["runAsNonRoot"], True, where)
+                self.assertNotEqual(sc.get("runAsUser", psc.get("runAsUser", 0)), 0, where)
+                self.assertIs(sc["allowPrivilegeEscalation"], False, where)
+                self.assertIs(sc["readOnlyRootFilesystem"], True, where)
+                self.assertIs(sc.get("privileged", False), False, where)
+                self.assertEqual(sc["capabilities"]["drop"], ["ALL"], where)
+                self.assertNotIn("add", sc["capabilities"], where)
+                self.assertIn("limits", c["resources"], where)
+                self.assertIn("requests", c["resources"], where)
+
+    def test_default(self):
+        self.check(DEFAULT)
+
+    def test_production(self):
+        self.check(PROD)
+
+    def test_schema_refuses_root(self):
+        proc = helm("template", RELEASE, str(CHART), "--set", "securityContext.runAsNonRoot=false", check=False)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("runAsNonRoot", proc.stderr)
+
+    def test_network_policies(self):
+        for docs in (DEFAULT, PROD):
+            for component in COMPONENTS:
+                named(docs, "NetworkPolicy", component)
+        prod_relay = named(PROD, "NetworkPolicy", "relay")
+        self.assertIn("Egress", prod_relay["spec"]["policyTypes"])
+
+
+class Values(unittest.TestCase):
+    def test_schema_rejects_unknown_keys(self):
+        proc = helm("template", RELEASE, str(CHART), "--set", "relay.replicas=3", check=False)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("replicas", proc.stderr)
+
+    def test_queue_type(self):
+        self.assertEqual(by_kind(DEFAULT, "ConfigMap")[0]["data"]["AMQP_QUEUE_TYPE"], "quorum")
+        classic = render("--set", "rabbitmq.quorumQueues=false")
+        self.assertEqual(by_kind(classic, "ConfigMap")[0]["data"]["AMQP_QUEUE_TYPE"], "classic")
+
+    def test_otlp_endpoint(self):
+        self.assertNotIn("OTEL_EXPORTER_OTLP_ENDPOINT", by_kind(DEFAULT, "ConfigMap")[0]["data"])
+        self.assertEqual(
+            by_kind(PROD, "ConfigMap")[0]["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            "http://otel-collector.observability.svc:4317",
+        )
+
+    def test_urls_from_values(self):
+        docs = render(
+            "--set", "postgresql.host=db.example", "--set", "postgresql.password=p@ss:w/rd",
+            "--set", "postgresql.params=connect_timeout=5", "--set", "rabbitmq.vhost=/",
+        )
+        import base64
+
+        data = {k: base64.b64decode(v).decode() for k, v in named_secret(docs).items()}
+        self.assertEqual(
+            data["order-database-url"],
+            "postgres://postgres:p%40ss%3Aw%2Frd@db.example:5432/ordermesh_orders?connect_timeout=5",
+        )
+        self.assertEqual(data["amqp-url"], "amqp://guest:guest@rabbitmq:5672/%2F")
+
+
+def named_secret(docs):
+    (s,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == f"{RELEASE}-ordermesh-connections"]
+    return s["data"]
+
+
+class Production(unittest.TestCase):
+    def test_ingress_routes_rest(self):
+        (ing,) = by_kind(PROD, "Ingress")
+        paths = {
+            p["path"]: p["backend"]["service"]
+            for rule in ing["spec"]["rules"]
+            for p in rule["http"]["paths"]
+        }
+        self.assertEqual(paths["/v1/orders"], {"name": f"{RELEASE}-ordermesh-order-svc", "port": {"number": 50051}})
+        self.assertEqual(
+            paths["/v1/accounts"], {"name": f"{RELEASE}-ordermesh-processor-svc", "port": {"number": 50052}}
+        )
+        self.assertTrue(ing["spec"]["tls"])
+
+    def test_servicemonitors_match_schema_and_services(self):
+        schema = json.loads(SERVICEMONITOR_SCHEMA.read_text())
+        monitors = by_kind(PROD, "ServiceMonitor")
+        self.assertEqual(len(monitors), 3)
+        for sm in monitors:
+            jsonschema.validate(sm, schema)
+            component = sm["metadata"]["labels"]["app.kubernetes.io/component"]
+            svc = named(PROD, "Service", component)
+            for k, v in sm["spec"]["selector"]["matchLabels"].items():
+                self.assertEqual(svc["metadata"]["labels"].get(k), v)
+            self.assertEqual(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"])
+        self.assertEqual(by_kind(DEFAULT, "ServiceMonitor"), [], "off by default (needs the CRD)")
+
+    def test_production_relay_replicas(self):
+        self.assertEqual(named(PROD, "Deployment", "relay")["spec"]["replicas"], 3)
+
+
+class Notes(unittest.TestCase):
+    def test_notes_have_grpcurl(self):
+        out = helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", "ordermesh").stdout
+        notes = out[out.index("NOTES:"):]
+        self.assertIn(f"port-forward svc/{RELEASE}-ordermesh-order-svc 50051:50051", notes)
+        self.assertIn("grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check", notes)
+        self.assertIn("ordermesh.order.v1.OrderService/CreateOrder", notes)
+
+
+if __name__ == "__main__":
+    try:
+        unittest.main(verbosity=2 if "-v" in sys.argv else 1)
+    finally:
+        shutil.rmtree(HELM_HOME, ignore_errors=True)
