@@ -119,11 +119,17 @@ class Deployments(unittest.TestCase):
                     self.assertTrue(probe in container, f"{component} has no {probe}")
                     p = container[probe]
                     if component == "relay":
-                        self.assertEqual(p["httpGet"]["path"], "/healthz")
+                        path = "/readyz" if probe == "readinessProbe" else "/healthz"
+                        self.assertEqual(p["httpGet"]["path"], path)
                         self.assertEqual(p["httpGet"]["port"], "admin")
-                    else:
+                    elif probe == "readinessProbe":
+                        # Ready = gRPC health SERVING (database and broker reachable).
                         port = container["ports"][0]["containerPort"]
                         self.assertEqual(p["grpc"], {"port": port}, f"{component} {probe}")
+                    else:
+                        # Alive = the process serves; a broker outage must not restart it.
+                        port = container["ports"][0]["containerPort"]
+                        self.assertEqual(p["httpGet"], {"path": "/healthz", "port": port}, f"{component} {probe}")
 
     def test_commands_and_listen_addresses(self):
         cm = by_kind(DEFAULT, "ConfigMap")[0]["data"]

@@ -21,7 +21,12 @@ impl PaymentResults {
 }
 
 impl Handler for PaymentResults {
-    #[tracing::instrument(skip_all, fields(message_id = %message.id, routing_key = %message.routing_key))]
+    // A child of the platform's consumer span (`<queue> process`).
+    #[tracing::instrument(
+        name = "apply payment result",
+        skip_all,
+        fields(message_id = %message.id, routing_key = %message.routing_key)
+    )]
     async fn handle(&self, message: Message) -> Result<(), HandleError> {
         let result =
             decode_payment_result(&message.routing_key, &message.event_type, &message.payload)

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, QueueSpec};
+use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, ConsumerStatus, QueueSpec};
 use ordermesh_platform::config::{self, ConfigError, Env};
+use ordermesh_platform::health::{Probe, Readiness};
 use ordermesh_proto::order::v1::order_service_server::SERVICE_NAME;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,8 @@ pub struct Config {
     pub retry_delay: Duration,
     /// How long the tasks get to drain after shutdown is requested.
     pub shutdown_grace: Duration,
+    /// Inbox entries older than this are deleted (`INBOX_RETENTION_HOURS`).
+    pub inbox_retention: Duration,
 }
 
 impl Config {
@@ -85,11 +88,12 @@ impl Config {
             addr,
             database,
             db_pool_size,
-            broker: BrokerConfig::from_env(env),
+            broker: BrokerConfig::from_env(env)?,
             queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
             prefetch,
             retry_delay: DEFAULT_RETRY_DELAY,
             shutdown_grace: config::millis(env, ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE)?,
+            inbox_retention: ordermesh_platform::inbox::retention_from_env(env)?,
         })
     }
 
@@ -138,11 +142,25 @@ pub async fn run(
     )
     .await
     .context("prepare the database")?;
-    let store = store::Store::new(pool);
+    let store = store::Store::new(pool.clone());
+    let expiry_pool = pool.clone();
 
-    let (_health_reporter, health) = ordermesh_platform::grpc::health(SERVICE_NAME).await;
+    let (health_reporter, health) = ordermesh_platform::grpc::health(SERVICE_NAME).await;
+    // Ready (gRPC health SERVING, /readyz 200) while the database answers
+    // and the consumer is connected.
+    let readiness = Readiness::with_grpc(health_reporter, &[SERVICE_NAME]).await;
+    let consumer_status = ConsumerStatus::new(&config.queue);
+    let probes = vec![
+        Probe::Database {
+            name: config.database.get_dbname().unwrap_or_default().to_owned(),
+            pool,
+        },
+        Probe::Consumer(consumer_status.clone()),
+    ];
     let routes = tonic::service::Routes::new(health)
         .add_service(grpc::OrderApi::new(store.clone()).into_server());
+    // /healthz, /readyz and /metrics on the gRPC port.
+    let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness);
 
     let mut tasks = ordermesh_platform::tasks::Tasks::new(shutdown.clone());
     tasks.spawn(
@@ -150,10 +168,23 @@ pub async fn run(
         ordermesh_platform::grpc::serve(listener, routes, shutdown.clone()),
     );
     tasks.spawn(
+        "readiness",
+        ordermesh_platform::health::watch(readiness, probes, shutdown.clone()),
+    );
+    tasks.spawn(
+        "inbox expiry",
+        ordermesh_platform::inbox::run_expiry(
+            expiry_pool,
+            config.inbox_retention,
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
         "payment-results",
-        ordermesh_platform::amqp::run_consumer(
+        ordermesh_platform::amqp::run_consumer_with_status(
             config.consumer_config(),
             Arc::new(consumer::PaymentResults::new(store)),
+            consumer_status,
             shutdown,
         ),
     );

@@ -38,6 +38,8 @@ async fn main() -> ExitCode {
         Command::Migrate => order_svc::migrate(&config).await,
         Command::Serve => serve(config).await,
     };
+    // Export the spans still queued before the process exits.
+    telemetry::shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

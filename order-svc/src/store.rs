@@ -83,14 +83,21 @@ impl Store {
         let fingerprint = order.fingerprint();
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin")?;
-        let inserted = tx
-            .query_opt(
+        // The hot path's statements are prepared once per connection.
+        let insert = tx
+            .prepare_cached(
                 r#"INSERT INTO orders (order_id, customer_id, currency_code, items, total_minor,
                                        status, version, request_fingerprint)
                    VALUES ($1, $2, $3, $4, $5, 'PENDING', 1, $6)
                    ON CONFLICT (order_id) DO NOTHING
                    RETURNING order_id, seq, customer_id, currency_code, items, total_minor,
                              status, failure_reason, version, create_time, update_time"#,
+            )
+            .await
+            .context("prepare the order insert")?;
+        let inserted = tx
+            .query_opt(
+                &insert,
                 &[
                     &order.order_id,
                     &order.customer_id,
@@ -197,13 +204,19 @@ impl Store {
             tx.commit().await.context("end the transaction")?;
             return Ok(Applied::Duplicate);
         }
-        let updated = tx
-            .query_opt(
+        let update = tx
+            .prepare_cached(
                 r#"UPDATE orders
                    SET status = $2, failure_reason = $3, version = version + 1,
                        update_time = now()
                    WHERE order_id = $1 AND status = 'PENDING'
                    RETURNING version"#,
+            )
+            .await
+            .context("prepare the status update")?;
+        let updated = tx
+            .query_opt(
+                &update,
                 &[
                     &result.order_id,
                     &result.outcome.status().as_str(),

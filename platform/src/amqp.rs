@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -24,6 +25,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::config::Secret;
 
@@ -38,15 +41,48 @@ pub struct BrokerConfig {
     pub url: Secret,
     /// The events exchange; tests use a unique name per test.
     pub exchange: String,
+    /// Type of the queues consumers declare: quorum queues replicate across
+    /// a RabbitMQ cluster; classic suits a single node.
+    pub queue_type: QueueType,
+}
+
+/// The `x-queue-type` of consumer and dead-letter queues. A queue keeps the
+/// type it was created with: switching needs new (or deleted) queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classic" => Ok(Self::Classic),
+            "quorum" => Ok(Self::Quorum),
+            _ => Err("expected classic or quorum"),
+        }
+    }
+}
+
+impl QueueType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
 }
 
 impl BrokerConfig {
-    /// Reads `AMQP_URL` and `AMQP_EXCHANGE`.
-    pub fn from_env(env: &impl crate::config::Env) -> Self {
-        Self {
+    /// Reads `AMQP_URL`, `AMQP_EXCHANGE` and `AMQP_QUEUE_TYPE`.
+    pub fn from_env(env: &impl crate::config::Env) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
             url: Secret::new(crate::config::string(env, "AMQP_URL", DEFAULT_URL)),
             exchange: crate::config::string(env, "AMQP_EXCHANGE", DEFAULT_EXCHANGE),
-        }
+            queue_type: crate::config::parse(env, "AMQP_QUEUE_TYPE", QueueType::Classic)?,
+        })
     }
 
     /// The dead-letter exchange paired with the events exchange.
@@ -60,6 +96,25 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dlq")
 }
 
+/// Largest frame ordermesh asks for unless the URL sets `frame_max`. lapin
+/// sizes each connection's two I/O buffers at 32 frames and zero-fills them,
+/// so the broker's default of 128 KiB costs 8 MiB of resident memory per
+/// connection; ordermesh's events are a few hundred bytes.
+pub const FRAME_MAX: u32 = 16_384;
+
+/// The broker URL, with [`FRAME_MAX`] unless it sets its own.
+pub fn uri(config: &BrokerConfig) -> anyhow::Result<lapin::uri::AMQPUri> {
+    let mut uri: lapin::uri::AMQPUri = config
+        .url
+        .expose()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("invalid AMQP_URL: {e}"))?;
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(FRAME_MAX);
+    }
+    Ok(uri)
+}
+
 /// Opens a connection, retrying with backoff until it succeeds or
 /// `shutdown` fires.
 pub async fn connect(
@@ -68,9 +123,10 @@ pub async fn connect(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Connection> {
     let mut delay = Duration::from_millis(100);
+    let uri = uri(config)?;
     loop {
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        match Connection::connect(config.url.expose(), props).await {
+        match Connection::connect_uri(uri.clone(), props).await {
             Ok(conn) => return Ok(conn),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "RabbitMQ not reachable; retrying");
@@ -127,8 +183,13 @@ pub async fn declare_queue(
         ..Default::default()
     };
     let dlq = dead_letter_queue(&spec.name);
+    let mut dlq_args = FieldTable::default();
+    dlq_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(config.queue_type.as_str().into()),
+    );
     channel
-        .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
+        .queue_declare(dlq.as_str().into(), durable, dlq_args)
         .await?;
     channel
         .queue_bind(
@@ -141,6 +202,10 @@ pub async fn declare_queue(
         .await?;
 
     let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(config.queue_type.as_str().into()),
+    );
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(config.dead_letter_exchange().into()),
@@ -254,6 +319,37 @@ pub struct ConsumerConfig {
     pub retry_delay: Duration,
 }
 
+/// Whether a consumer is connected and consuming, for readiness.
+#[derive(Debug, Clone)]
+pub struct ConsumerStatus {
+    queue: Arc<str>,
+    connected: Arc<AtomicBool>,
+}
+
+impl ConsumerStatus {
+    /// A status for the consumer of `queue`, not connected yet.
+    pub fn new(queue: &str) -> Self {
+        Self {
+            queue: queue.into(),
+            connected: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// True between a successful `basic.consume` and the loss of the
+    /// connection (or shutdown).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, connected: bool) {
+        self.connected.store(connected, Ordering::SeqCst);
+    }
+}
+
 /// Consumes `config.queue` until `shutdown` fires, reconnecting after any
 /// broker failure. On shutdown it stops taking deliveries, lets in-flight
 /// handlers finish and returns; unacknowledged prefetched messages go back
@@ -263,9 +359,22 @@ pub async fn run_consumer<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let status = ConsumerStatus::new(&config.queue.name);
+    run_consumer_with_status(config, handler, status, shutdown).await
+}
+
+/// [`run_consumer`], keeping `status` up to date for readiness checks.
+pub async fn run_consumer_with_status<H: Handler>(
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    status: ConsumerStatus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume_once(&config, &handler, &shutdown).await {
+        let result = consume_once(&config, &handler, &status, &shutdown).await;
+        status.set(false);
+        match result {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(queue = %config.queue.name, error = format!("{e:#}"), retry_in = ?delay, "consumer lost its broker connection; reconnecting");
@@ -285,6 +394,7 @@ pub async fn run_consumer<H: Handler>(
 async fn consume_once<H: Handler>(
     config: &ConsumerConfig,
     handler: &Arc<H>,
+    status: &ConsumerStatus,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let conn = connect(&config.broker, &config.queue.name, shutdown).await?;
@@ -306,6 +416,7 @@ async fn consume_once<H: Handler>(
         .await
         .context("start consuming")?;
     tracing::info!(queue = %config.queue.name, prefetch = config.prefetch, "consuming");
+    status.set(true);
 
     let mut failure: Option<anyhow::Error> = None;
     let deliveries = tokio_stream::StreamExt::map_while(
@@ -339,42 +450,115 @@ async fn consume_once<H: Handler>(
     Ok(())
 }
 
-/// Runs the handler on one delivery and acks, requeues or dead-letters it.
+/// Runs the handler on one delivery and acks, requeues or dead-letters it,
+/// inside a consumer span that continues the trace of the message's
+/// `traceparent` header, and counts the outcome.
 async fn settle<H: Handler>(
     config: &ConsumerConfig,
     handler: &H,
     delivery: lapin::message::Delivery,
 ) -> lapin::Result<bool> {
+    use crate::metrics::{
+        CONSUMER_DEAD_LETTERED, CONSUMER_DUPLICATES, CONSUMER_DURATION, CONSUMER_PROCESSED,
+        CONSUMER_RETRIES,
+    };
+    let queue = config.queue.name.clone();
     let message = match Message::from_delivery(&delivery) {
         Ok(m) => m,
         Err(reason) => {
             tracing::error!(queue = %config.queue.name, reason, "dead-lettering a message without identity");
+            ::metrics::counter!(CONSUMER_DEAD_LETTERED, "queue" => queue).increment(1);
             return delivery
                 .acker
                 .reject(BasicRejectOptions { requeue: false })
                 .await;
         }
     };
+    let span = tracing::info_span!(
+        "amqp.process",
+        otel.name = %format_args!("{queue} process"),
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %delivery.exchange,
+        messaging.rabbitmq.destination.routing_key = %message.routing_key,
+        messaging.message.id = %message.id,
+        messaging.consumer.group.name = %queue,
+        ordermesh.outcome = Empty,
+    );
+    crate::propagation::set_remote_parent(&span, crate::propagation::extract_map(&message.headers));
     let id = message.id.clone();
-    match handler.handle(message).await {
-        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
-        Err(HandleError::Poison(reason)) => {
-            tracing::error!(queue = %config.queue.name, message_id = %id, reason, "dead-lettering a poison message");
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-        }
-        Err(HandleError::Transient(e)) => {
-            tracing::warn!(queue = %config.queue.name, message_id = %id, error = format!("{e:#}"), "handler failed; requeueing");
-            tokio::time::sleep(config.retry_delay).await;
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+    let start = Instant::now();
+    let (result, duplicate) = inbox_scope(handler.handle(message))
+        .instrument(span.clone())
+        .await;
+    ::metrics::histogram!(CONSUMER_DURATION, "queue" => queue.clone())
+        .record(start.elapsed().as_secs_f64());
+    async move {
+        match result {
+            Ok(()) => {
+                let (outcome, counter) = if duplicate {
+                    ("duplicate", CONSUMER_DUPLICATES)
+                } else {
+                    ("processed", CONSUMER_PROCESSED)
+                };
+                tracing::Span::current().record("ordermesh.outcome", outcome);
+                ::metrics::counter!(counter, "queue" => queue).increment(1);
+                delivery.acker.ack(BasicAckOptions::default()).await
+            }
+            Err(HandleError::Poison(reason)) => {
+                tracing::error!(queue = %config.queue.name, message_id = %id, reason, "dead-lettering a poison message");
+                let span = tracing::Span::current();
+                span.record("ordermesh.outcome", "dead_lettered");
+                span.record("otel.status_code", "error");
+                ::metrics::counter!(CONSUMER_DEAD_LETTERED, "queue" => queue).increment(1);
+                delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+            }
+            Err(HandleError::Transient(e)) => {
+                tracing::warn!(queue = %config.queue.name, message_id = %id, error = format!("{e:#}"), "handler failed; requeueing");
+                let span = tracing::Span::current();
+                span.record("ordermesh.outcome", "retried");
+                span.record("otel.status_code", "error");
+                ::metrics::counter!(CONSUMER_RETRIES, "queue" => queue).increment(1);
+                tokio::time::sleep(config.retry_delay).await;
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
         }
     }
+    .instrument(span)
+    .await
+}
+
+tokio::task_local! {
+    /// Set by [`note_duplicate`] while a handler runs inside [`settle`].
+    static DUPLICATE: std::cell::Cell<bool>;
+}
+
+/// Runs `handling` with a fresh duplicate flag; returns its output and
+/// whether the handler reported the message as already applied.
+async fn inbox_scope<F: Future>(handling: F) -> (F::Output, bool) {
+    DUPLICATE
+        .scope(std::cell::Cell::new(false), async move {
+            let output = handling.await;
+            (output, DUPLICATE.with(std::cell::Cell::get))
+        })
+        .await
+}
+
+/// Tells the consumer loop that the message being handled was applied
+/// before, so it is counted as a duplicate rather than as processed.
+/// [`crate::inbox::record`] calls this; outside a consumer it does nothing.
+pub fn note_duplicate() {
+    let _ = DUPLICATE.try_with(|d| d.set(true));
 }

@@ -1,6 +1,9 @@
 //! Serving a gRPC service the ordermesh way: reflection (v1 and v1alpha,
-//! since grpcurl 1.8 speaks only v1alpha), `grpc.health.v1`, and graceful
-//! shutdown on a token, on a listener the caller bound.
+//! since grpcurl 1.8 speaks only v1alpha), `grpc.health.v1`, REST/JSON
+//! transcoding on the same port ([`crate::rest`]), a server span and RPC
+//! metrics per call ([`crate::observe`]), and graceful shutdown on a token,
+//! on a listener the caller bound. HTTP/1.1 is accepted beside HTTP/2 for
+//! REST and the operational routes ([`crate::health::with_ops_routes`]).
 
 use std::time::Duration;
 
@@ -13,10 +16,12 @@ use tonic::service::Routes;
 pub fn reflection_routes(routes: Routes) -> anyhow::Result<Routes> {
     let v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("build reflection v1")?;
     let v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("build reflection v1alpha")?;
     Ok(routes.add_service(v1).add_service(v1alpha))
@@ -30,10 +35,22 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let routes = reflection_routes(routes)?;
+    // REST/JSON for the annotated methods, /openapi.json and /docs, as the
+    // fallback of the same router (see crate::rest).
+    let rest_config = crate::rest::RestConfig::from_env(&crate::config::ProcessEnv)?;
+    let routes = Routes::from(
+        crate::rest::with_rest(routes.into_axum_router(), rest_config)
+            .await
+            .context("build the REST gateway")?,
+    );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
+        // HTTP/1.1 too: Prometheus and probes call /metrics, /readyz over it.
+        .accept_http1(true)
+        // A server span, RPC metrics and the trace id on every response.
+        .layer(crate::observe::ObserveLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

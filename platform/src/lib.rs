@@ -2,8 +2,13 @@
 //! rules: configuration from the environment ([`config`]), PostgreSQL pools
 //! and migrations ([`db`]), the transactional outbox ([`outbox`]) and
 //! consumer inbox ([`inbox`]), RabbitMQ topology and the consumer loop
-//! ([`amqp`]), gRPC serving with reflection and health ([`grpc`]), signals
-//! ([`shutdown`]), supervised tasks ([`tasks`]) and logging ([`telemetry`]).
+//! ([`amqp`]), gRPC serving with reflection and health ([`grpc`]), REST/JSON
+//! transcoded from the `google.api.http` annotations ([`rest`]), signals
+//! ([`shutdown`]), supervised tasks ([`tasks`]), and observability: logs
+//! and traces ([`telemetry`]), W3C trace context across gRPC, outbox rows
+//! and AMQP ([`propagation`]), a server span and RPC metrics per request
+//! ([`observe`]), Prometheus metrics ([`metrics`]), liveness and readiness
+//! ([`health`]).
 //!
 //! It imports no service; services import it and `ordermesh-proto`.
 
@@ -11,8 +16,13 @@ pub mod amqp;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod health;
 pub mod inbox;
+pub mod metrics;
+pub mod observe;
 pub mod outbox;
+pub mod propagation;
+pub mod rest;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;

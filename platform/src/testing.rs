@@ -119,6 +119,7 @@ impl TestBroker {
             config: BrokerConfig {
                 url: Secret::new(amqp_url()),
                 exchange: format!("{prefix}.events"),
+                queue_type: crate::amqp::QueueType::Classic,
             },
             prefix,
             queues: Mutex::new(Vec::new()),
@@ -206,6 +207,23 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Installs (once per test process) a subscriber that gives spans
+/// OpenTelemetry ids, without exporting or printing anything, so tests can
+/// check that trace context travels through a service run in-process.
+pub fn init_tracing() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        // Another global subscriber may be installed already; then ids are
+        // whatever it makes of spans.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
 }
 
 #[cfg(test)]

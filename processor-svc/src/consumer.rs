@@ -16,10 +16,6 @@ use crate::store::{Settlement, Store};
 /// The inbox name of this consumer.
 pub const CONSUMER: &str = "processor-svc";
 
-/// Trace headers carried from the incoming event to the outcome event, so
-/// the answer stays in the order's trace.
-const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate"];
-
 /// Pays for new orders.
 #[derive(Debug, Clone)]
 pub struct OrderCreatedHandler {
@@ -34,15 +30,12 @@ impl OrderCreatedHandler {
 }
 
 impl Handler for OrderCreatedHandler {
+    // A child of the platform's consumer span (`<queue> process`), which
+    // carries the messaging attributes and continues the message's trace.
     #[tracing::instrument(
-        name = "order.created process",
+        name = "settle order",
         skip_all,
-        fields(
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "process",
-            messaging.message.id = %message.id,
-            order_id = tracing::field::Empty,
-        )
+        fields(message_id = %message.id, order_id = tracing::field::Empty)
     )]
     async fn handle(&self, message: Message) -> Result<(), HandleError> {
         let order = decode(&message).map_err(HandleError::Poison)?;
@@ -50,7 +43,7 @@ impl Handler for OrderCreatedHandler {
         let settlement = self
             .store
             .settle_order(CONSUMER, &message.id, &order, &self.embargo, |decision| {
-                outcome_event(&order, decision, &message)
+                outcome_event(&order, decision)
             })
             .await
             .map_err(|e| {
@@ -111,8 +104,10 @@ pub fn decode(message: &Message) -> Result<Order, String> {
 }
 
 /// The `payment.succeeded` / `payment.failed` outbox row for a decision.
-pub fn outcome_event(order: &Order, decision: &Decision, cause: &Message) -> OutboxEvent {
-    let mut event = match decision {
+/// It carries the trace context of the current span (the settlement, under
+/// the consumer span), so the answer stays in the order's trace.
+pub fn outcome_event(order: &Order, decision: &Decision) -> OutboxEvent {
+    match decision {
         Decision::Pay { amount_minor } => OutboxEvent::protobuf(
             order.order_id.clone(),
             events::PAYMENT_SUCCEEDED,
@@ -132,13 +127,7 @@ pub fn outcome_event(order: &Order, decision: &Decision, cause: &Message) -> Out
                 reason: reason.clone(),
             },
         ),
-    };
-    for name in TRACE_HEADERS {
-        if let Some(value) = cause.headers.get(*name) {
-            event.headers.insert((*name).to_owned(), value.clone());
-        }
     }
-    event
 }
 
 #[cfg(test)]
@@ -203,15 +192,17 @@ mod tests {
     }
 
     #[test]
-    fn outcome_events_carry_the_decision_and_the_trace() {
+    fn outcome_events_carry_the_decision() {
         let m = message(events::ORDER_CREATED, "", created().encode_to_vec());
         let order = decode(&m).unwrap();
 
-        let ok = outcome_event(&order, &Decision::Pay { amount_minor: 300 }, &m);
+        let ok = outcome_event(&order, &Decision::Pay { amount_minor: 300 });
         assert_eq!(ok.routing_key, events::PAYMENT_SUCCEEDED);
         assert_eq!(ok.aggregate_id, "o-1");
         assert_eq!(ok.event_type, "ordermesh.events.v1.PaymentSucceeded");
-        assert_eq!(ok.headers["traceparent"], "00-abc-def-01");
+        // Not the incoming header: the context of the span writing the event
+        // (none here, without a tracer).
+        assert!(!ok.headers.contains_key("traceparent"));
         let paid = events::PaymentSucceeded::decode(ok.payload.as_slice()).unwrap();
         assert_eq!(
             (paid.amount_minor, paid.currency_code.as_str()),
@@ -219,7 +210,7 @@ mod tests {
         );
 
         let reason = "embargo: teapot".to_owned();
-        let failed = outcome_event(&order, &Decision::Fail { reason }, &m);
+        let failed = outcome_event(&order, &Decision::Fail { reason });
         assert_eq!(failed.routing_key, events::PAYMENT_FAILED);
         let body = events::PaymentFailed::decode(failed.payload.as_slice()).unwrap();
         assert_eq!(body.reason, "embargo: teapot");

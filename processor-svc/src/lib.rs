@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, QueueSpec};
+use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, ConsumerStatus, QueueSpec};
 use ordermesh_platform::config::{self, ConfigError, Env};
+use ordermesh_platform::health::{Probe, Readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -72,6 +73,8 @@ pub struct Config {
     pub embargo: Embargo,
     /// How long in-flight work may take to finish after shutdown.
     pub shutdown_grace: Duration,
+    /// Inbox entries older than this are deleted (`INBOX_RETENTION_HOURS`).
+    pub inbox_retention: Duration,
     /// Not an environment variable: tests shorten it.
     pub retry_delay: Duration,
 }
@@ -98,11 +101,12 @@ impl Config {
             addr,
             database,
             db_pool_size,
-            broker: BrokerConfig::from_env(env),
+            broker: BrokerConfig::from_env(env)?,
             queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
             prefetch,
             embargo,
             shutdown_grace: config::millis(env, ENV_SHUTDOWN_GRACE_MS, DEFAULT_SHUTDOWN_GRACE)?,
+            inbox_retention: ordermesh_platform::inbox::retention_from_env(env)?,
             retry_delay: DEFAULT_RETRY_DELAY,
         })
     }
@@ -148,11 +152,25 @@ pub async fn run(
     )
     .await
     .context("prepare the database")?;
-    let store = Store::new(pool);
+    let store = Store::new(pool.clone());
+    let expiry_pool = pool.clone();
 
-    let (_health_reporter, health) = ordermesh_platform::grpc::health(GRPC_SERVICE).await;
+    let (health_reporter, health) = ordermesh_platform::grpc::health(GRPC_SERVICE).await;
+    // Ready (gRPC health SERVING, /readyz 200) while the database answers
+    // and the consumer is connected.
+    let readiness = Readiness::with_grpc(health_reporter, &[GRPC_SERVICE]).await;
+    let consumer_status = ConsumerStatus::new(&config.queue);
+    let probes = vec![
+        Probe::Database {
+            name: config.database.get_dbname().unwrap_or_default().to_owned(),
+            pool,
+        },
+        Probe::Consumer(consumer_status.clone()),
+    ];
     let routes = tonic::service::Routes::new(health)
         .add_service(AccountApi::new(store.clone()).into_server());
+    // /healthz, /readyz and /metrics on the gRPC port.
+    let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness);
 
     let consumer = ConsumerConfig {
         broker: config.broker.clone(),
@@ -173,8 +191,25 @@ pub async fn run(
         ordermesh_platform::grpc::serve(listener, routes, shutdown.clone()),
     );
     tasks.spawn(
+        "readiness",
+        ordermesh_platform::health::watch(readiness, probes, shutdown.clone()),
+    );
+    tasks.spawn(
         "order-created consumer",
-        ordermesh_platform::amqp::run_consumer(consumer, handler, shutdown.clone()),
+        ordermesh_platform::amqp::run_consumer_with_status(
+            consumer,
+            handler,
+            consumer_status,
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "inbox expiry",
+        ordermesh_platform::inbox::run_expiry(
+            expiry_pool,
+            config.inbox_retention,
+            shutdown.clone(),
+        ),
     );
     tasks.join(config.shutdown_grace).await
 }

@@ -40,6 +40,8 @@ async fn main() -> ExitCode {
         Command::Serve => serve(config).await,
         Command::Migrate => processor_svc::migrate(&config).await,
     };
+    // Export the spans still queued before the process exits.
+    ordermesh_platform::telemetry::shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -174,14 +174,17 @@ impl Store {
             return Ok(Settlement::Duplicate);
         }
 
-        let account = tx
-            .query_opt(
+        // The hot path's statements are prepared once per connection.
+        let lock_account = tx
+            .prepare_cached(
                 r#"SELECT currency_code, balance_minor
                    FROM accounts
                    WHERE customer_id = $1
                    FOR UPDATE"#,
-                &[&order.customer_id],
             )
+            .await?;
+        let account = tx
+            .query_opt(&lock_account, &[&order.customer_id])
             .await?
             .map(|row| AccountSnapshot {
                 currency_code: row.get(0),
@@ -195,12 +198,17 @@ impl Store {
         };
         // Waits for a concurrent transaction deciding the same order, then
         // sees its row: whoever inserts first decides, the other does nothing.
-        let inserted = tx
-            .execute(
+        let insert_payment = tx
+            .prepare_cached(
                 r#"INSERT INTO payments
                        (order_id, customer_id, amount_minor, currency_code, status, reason, message_id)
                    VALUES ($1, $2, $3, $4, $5, $6, $7)
                    ON CONFLICT (order_id) DO NOTHING"#,
+            )
+            .await?;
+        let inserted = tx
+            .execute(
+                &insert_payment,
                 &[
                     &order.order_id,
                     &order.customer_id,
@@ -219,14 +227,16 @@ impl Store {
 
         if let Decision::Pay { amount_minor } = decision {
             // Exactly one row, or the transaction fails and rolls back.
-            tx.query_one(
-                r#"UPDATE accounts
-                   SET balance_minor = balance_minor - $2, update_time = now()
-                   WHERE customer_id = $1 AND balance_minor >= $2
-                   RETURNING balance_minor"#,
-                &[&order.customer_id, &amount_minor],
-            )
-            .await?;
+            let debit = tx
+                .prepare_cached(
+                    r#"UPDATE accounts
+                       SET balance_minor = balance_minor - $2, update_time = now()
+                       WHERE customer_id = $1 AND balance_minor >= $2
+                       RETURNING balance_minor"#,
+                )
+                .await?;
+            tx.query_one(&debit, &[&order.customer_id, &amount_minor])
+                .await?;
         }
         outbox::enqueue(&tx, &outcome_event(&decision)).await?;
         tx.commit().await?;

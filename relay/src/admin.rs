@@ -1,16 +1,19 @@
-//! The relay's small HTTP admin listener: `GET /healthz` answers while the
-//! process runs.
+//! The relay's HTTP admin listener: `GET /healthz` (alive), `GET /readyz`
+//! (every source database and the broker reachable) and `GET /metrics`
+//! (Prometheus), from [`ordermesh_platform::health`].
 
 use anyhow::Context;
-use axum::Router;
-use axum::routing::get;
+use ordermesh_platform::health::{Readiness, ops_router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Serves the admin routes until `shutdown`.
-pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app)
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, ops_router(readiness))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("serve the admin listener")

@@ -1,9 +1,12 @@
 //! The outbox relay: moves rows from the `outbox` table of each source
-//! database to the RabbitMQ events exchange, woken by PostgreSQL
-//! `LISTEN/NOTIFY` ([`listen`]) with a fallback tick. Each source has one
-//! worker ([`drain`]) that claims a batch in id order with
-//! `FOR UPDATE SKIP LOCKED`, publishes it with pipelined publisher confirms
-//! ([`publisher`]), deletes what the broker confirmed and commits ([`store`]).
+//! database to the RabbitMQ events exchange. Several relays may serve the
+//! same sources: the outbox is split into 64 partitions by aggregate id and
+//! each relay leases its share of them ([`lease`]). Per source, one worker
+//! ([`drain`]) claims batches of its partitions in id order, publishes them
+//! with pipelined publisher confirms ([`publisher`]), deletes what the
+//! broker confirmed and commits ([`store`]). It polls while rows keep
+//! coming and otherwise sleeps until `LISTEN/NOTIFY` ([`listen`]) or a
+//! fallback tick wakes it.
 //!
 //! The relay knows no business rules: rows are opaque (routing key, type,
 //! payload, headers), so it serves any database with the platform outbox.
@@ -11,17 +14,21 @@
 
 pub mod admin;
 pub mod drain;
+pub mod lease;
 pub mod listen;
 pub mod publisher;
+pub mod stats;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use ordermesh_platform::amqp::BrokerConfig;
 use ordermesh_platform::config::{self, ConfigError, Env};
 use ordermesh_platform::db;
+use ordermesh_platform::health::{BrokerProbe, Probe, Readiness};
 use ordermesh_platform::tasks::Tasks;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -38,6 +45,18 @@ pub const ENV_FALLBACK_TICK_MS: &str = "RELAY_FALLBACK_TICK_MS";
 pub const DEFAULT_FALLBACK_TICK: Duration = Duration::from_secs(1);
 pub const ENV_ADMIN_ADDR: &str = "RELAY_ADMIN_ADDR";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9100";
+pub const ENV_POLL_MS: &str = "RELAY_POLL_MS";
+pub const DEFAULT_POLL: Duration = Duration::from_millis(1);
+pub const ENV_IDLE_AFTER_MS: &str = "RELAY_IDLE_AFTER_MS";
+pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_millis(250);
+pub const ENV_WARM_ROWS: &str = "RELAY_WARM_ROWS";
+pub const DEFAULT_WARM_ROWS: usize = 20;
+pub const ENV_REBALANCE_MS: &str = "RELAY_REBALANCE_MS";
+pub const DEFAULT_REBALANCE: Duration = Duration::from_millis(500);
+pub const ENV_INSTANCE: &str = "RELAY_INSTANCE";
+/// Application name of the relay's claim and LISTEN connections (the lease
+/// connection's is `store::LEASE_APPLICATION_PREFIX` + instance).
+pub const APPLICATION_PREFIX: &str = "ordermesh-relay/";
 pub const ENV_SHUTDOWN_GRACE_MS: &str = "SHUTDOWN_GRACE_MS";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -57,6 +76,17 @@ pub struct Config {
     pub batch_size: i64,
     /// Drain this often even when no NOTIFY arrives.
     pub fallback_tick: Duration,
+    /// Poll this often while rows keep coming (zero: never poll, every
+    /// writer notifies).
+    pub poll_interval: Duration,
+    /// Stop polling after this long without rows.
+    pub idle_after: Duration,
+    /// Start polling once this many rows came within `idle_after`.
+    pub warm_rows: usize,
+    /// Recount the relays and move partition leases this often.
+    pub rebalance_interval: Duration,
+    /// This relay's name in `pg_stat_activity` (default: host name and pid).
+    pub instance: String,
     pub admin_addr: SocketAddr,
     /// How long in-flight batches get to finish after shutdown.
     pub shutdown_grace: Duration,
@@ -89,11 +119,20 @@ impl Config {
         if fallback_tick.is_zero() {
             return Err(config::invalid(ENV_FALLBACK_TICK_MS, 0, "must be positive"));
         }
+        let rebalance_interval = config::millis(env, ENV_REBALANCE_MS, DEFAULT_REBALANCE)?;
+        if rebalance_interval.is_zero() {
+            return Err(config::invalid(ENV_REBALANCE_MS, 0, "must be positive"));
+        }
         Ok(Self {
             sources,
-            broker: BrokerConfig::from_env(env),
+            broker: BrokerConfig::from_env(env)?,
             batch_size,
             fallback_tick,
+            poll_interval: config::millis(env, ENV_POLL_MS, DEFAULT_POLL)?,
+            idle_after: config::millis(env, ENV_IDLE_AFTER_MS, DEFAULT_IDLE_AFTER)?,
+            warm_rows: config::parse(env, ENV_WARM_ROWS, DEFAULT_WARM_ROWS)?,
+            rebalance_interval,
+            instance: config::string(env, ENV_INSTANCE, &default_instance()),
             admin_addr: config::parse(
                 env,
                 ENV_ADMIN_ADDR,
@@ -112,32 +151,87 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut tasks = Tasks::new(shutdown.clone());
-    tasks.spawn("admin", admin::serve(admin, shutdown.clone()));
+    // Ready (/readyz 200) while the broker and every source answer.
+    let readiness = Readiness::http_only();
+    let mut probes = vec![Probe::Broker(BrokerProbe::new(
+        config.broker.clone(),
+        format!("relay-readiness/{}", config.instance),
+    ))];
+    tasks.spawn(
+        "admin",
+        admin::serve(admin, readiness.clone(), shutdown.clone()),
+    );
     for source in &config.sources {
         let wake = Arc::new(Notify::new());
-        let pool = db::pool(source.config.clone(), 2)?;
+        // The partitions this relay holds on the source, for the listener.
+        let held = Arc::new(AtomicU64::new(0));
+        let mut named = source.config.clone();
+        named.application_name(format!("{APPLICATION_PREFIX}{}", config.instance));
+        let mut claiming = named.clone();
+        // Losing a delete to a crash only republishes (consumers dedupe), so
+        // the relay's commits need not wait for the WAL flush. The lock
+        // timeout bounds a claim waiting on a previous lease holder's batch.
+        claiming.options(
+            [
+                source.config.get_options().unwrap_or_default(),
+                "-c synchronous_commit=off -c lock_timeout=5000",
+            ]
+            .join(" "),
+        );
+        let pool = db::pool(claiming, 2)?;
+        probes.push(Probe::Database {
+            name: source.name.clone(),
+            pool: pool.clone(),
+        });
+        tasks.spawn(
+            "backlog",
+            stats::run_monitor(source.name.clone(), pool.clone(), shutdown.clone()),
+        );
         tasks.spawn(
             "listener",
             listen::run_listener(
                 source.name.clone(),
-                source.config.clone(),
+                named,
                 wake.clone(),
+                held.clone(),
                 shutdown.clone(),
             ),
         );
         let worker = drain::WorkerConfig {
             source: source.name.clone(),
+            database: source.config.clone(),
+            instance: config.instance.clone(),
             broker: config.broker.clone(),
             batch_size: config.batch_size,
             fallback_tick: config.fallback_tick,
+            poll_interval: config.poll_interval,
+            idle_after: config.idle_after,
+            warm_rows: config.warm_rows,
+            rebalance_interval: config.rebalance_interval,
         };
         tasks.spawn(
             "worker",
-            drain::run_worker(worker, pool, wake, shutdown.clone()),
+            drain::run_worker(worker, pool, wake, held, shutdown.clone()),
         );
-        tracing::info!(source = %source.name, "relaying");
+        tracing::info!(source = %source.name, instance = %config.instance, "relaying");
     }
+    tasks.spawn(
+        "readiness",
+        ordermesh_platform::health::watch(readiness, probes, shutdown.clone()),
+    );
     tasks.join(config.shutdown_grace).await
+}
+
+/// `<host name>-<pid>`: unique per process, and readable in
+/// `pg_stat_activity`.
+fn default_instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]
@@ -161,6 +255,8 @@ mod tests {
             (ENV_BATCH_SIZE, "0"),
             (ENV_BATCH_SIZE, "lots"),
             (ENV_FALLBACK_TICK_MS, "0"),
+            (ENV_REBALANCE_MS, "0"),
+            (ENV_POLL_MS, "soon"),
             (ENV_SOURCES, "postgres://h"),
             (ENV_ADMIN_ADDR, "nowhere"),
         ] {

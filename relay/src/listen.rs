@@ -1,8 +1,10 @@
-//! One dedicated LISTEN connection per source: every NOTIFY from the outbox
-//! trigger wakes that source's worker. After (re)connecting it wakes the
+//! One dedicated LISTEN connection per source: a NOTIFY from the outbox
+//! trigger (payload: the row's partition) wakes that source's worker when
+//! the relay holds the partition's lease. After (re)connecting it wakes the
 //! worker once, covering notifications missed while disconnected.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,11 +19,12 @@ pub async fn run_listener(
     source: String,
     config: tokio_postgres::Config,
     wake: Arc<Notify>,
+    held: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match listen_once(&source, &config, &wake, &shutdown).await {
+        match listen_once(&source, &config, &wake, &held, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(%source, error = format!("{e:#}"), retry_in = ?delay, "LISTEN connection lost; reconnecting");
@@ -41,6 +44,7 @@ async fn listen_once(
     source: &str,
     config: &tokio_postgres::Config,
     wake: &Notify,
+    held: &AtomicU64,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let (client, mut connection) = config.connect(NoTls).await.context("connect")?;
@@ -51,8 +55,8 @@ async fn listen_once(
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().parse::<u32>().ok()).is_err() {
                         break;
                     }
                 }
@@ -72,7 +76,9 @@ async fn listen_once(
         loop {
             tokio::select! {
                 woken = rx.recv() => match woken {
-                    Some(()) => wake.notify_one(),
+                    // Another relay's partition: not ours to wake for.
+                    Some(Some(p)) if p < 64 && held.load(Ordering::Relaxed) & (1 << p) == 0 => {}
+                    Some(_) => wake.notify_one(),
                     None => anyhow::bail!("the connection closed"),
                 },
                 () = shutdown.cancelled() => return Ok(()),

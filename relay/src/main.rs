@@ -22,7 +22,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let admin = tokio::net::TcpListener::bind(config.admin_addr).await?;
-    tracing::info!(addr = %admin.local_addr()?, "admin listening (GET /healthz)");
+    tracing::info!(addr = %admin.local_addr()?, "admin listening (GET /healthz, /readyz, /metrics)");
     let shutdown = shutdown::on_signal();
-    relay::run(config, admin, shutdown).await
+    let result = relay::run(config, admin, shutdown).await;
+    // Export the spans still queued before the process exits.
+    telemetry::shutdown().await;
+    result
 }

@@ -1,14 +1,24 @@
 //! Publishing outbox rows to RabbitMQ with publisher confirms. A batch is
 //! pipelined: every message is sent, then all confirms are awaited together,
 //! so a batch costs one round trip, not one per message.
+//!
+//! Each row gets a producer span `<exchange> publish`, a child of the trace
+//! context stored in the row's headers, lasting until its confirm; the
+//! message carries that span's `traceparent`, so the consumer continues the
+//! trace from the publish.
+
+use std::time::Instant;
 
 use anyhow::Context;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use ordermesh_platform::amqp::{self, BrokerConfig};
+use ordermesh_platform::metrics::RELAY_CONFIRM_DURATION;
 use ordermesh_platform::outbox::CONTENT_TYPE_PROTOBUF;
+use ordermesh_platform::propagation;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
 
 use crate::store::OutboxRow;
 
@@ -65,8 +75,11 @@ impl Publisher {
     /// Publishes every row (persistent, mandatory) and waits for all their
     /// confirms. An error means the channel failed; no row may be deleted.
     pub async fn publish(&self, rows: &[OutboxRow]) -> anyhow::Result<Vec<Outcome>> {
+        let start = Instant::now();
         let mut pending = Vec::with_capacity(rows.len());
+        let mut spans = Vec::with_capacity(rows.len());
         for row in rows {
+            let span = publish_span(&self.exchange, row);
             let confirm = self
                 .channel
                 .basic_publish(
@@ -77,23 +90,32 @@ impl Publisher {
                         ..Default::default()
                     },
                     &row.payload,
-                    properties(row),
+                    properties(row, &span),
                 )
                 .await
                 .context("publish")?;
             pending.push(confirm);
+            spans.push(span);
         }
         let mut outcomes = Vec::with_capacity(pending.len());
-        for confirm in pending {
+        for (confirm, span) in pending.into_iter().zip(&spans) {
             let confirmation = confirm.await.context("await a publisher confirm")?;
-            outcomes.push(match confirmation {
+            let outcome = match confirmation {
                 Confirmation::Ack(None) => Outcome::Confirmed,
                 Confirmation::Ack(Some(_)) => Outcome::Unroutable,
                 Confirmation::Nack(_) => Outcome::Nacked,
                 Confirmation::NotRequested => {
                     anyhow::bail!("the channel is not in confirm mode")
                 }
-            });
+            };
+            if outcome != Outcome::Confirmed {
+                span.record("otel.status_code", "error");
+                span.record("ordermesh.outcome", format!("{outcome:?}").to_lowercase());
+            }
+            outcomes.push(outcome);
+        }
+        if !rows.is_empty() {
+            ::metrics::histogram!(RELAY_CONFIRM_DURATION).record(start.elapsed().as_secs_f64());
         }
         Ok(outcomes)
     }
@@ -104,11 +126,34 @@ impl Publisher {
     }
 }
 
+/// The producer span of one row: semantic-convention messaging attributes,
+/// parent taken from the row's stored trace context.
+fn publish_span(exchange: &str, row: &OutboxRow) -> tracing::Span {
+    let span = tracing::info_span!(
+        "amqp.publish",
+        otel.name = %format_args!("{exchange} publish"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "publish",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %exchange,
+        messaging.rabbitmq.destination.routing_key = %row.routing_key,
+        messaging.message.id = %row.event_id,
+        ordermesh.outcome = Empty,
+    );
+    propagation::set_remote_parent(&span, propagation::extract_map(&row.headers));
+    span
+}
+
 /// AMQP properties of a row: the event id as `message_id` (the consumers'
-/// deduplication key), the protobuf name as `type`, persistent delivery.
-fn properties(row: &OutboxRow) -> BasicProperties {
+/// deduplication key), the protobuf name as `type`, persistent delivery,
+/// the row's headers with the trace context replaced by `span`'s.
+fn properties(row: &OutboxRow, span: &tracing::Span) -> BasicProperties {
+    let mut row_headers = row.headers.clone();
+    propagation::inject_span(span, &mut row_headers);
     let mut headers = FieldTable::default();
-    for (k, v) in &row.headers {
+    for (k, v) in &row_headers {
         headers.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
     }
     BasicProperties::default()

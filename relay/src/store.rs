@@ -1,10 +1,23 @@
-//! The relay's SQL: claim a batch of outbox rows in id order, skipping rows
-//! another relay holds, and delete the rows the broker confirmed. The relay
-//! treats rows as opaque: routing key, type, payload and headers.
+//! The relay's SQL. Outbox: claim a batch of the leased partitions' rows in
+//! id order, delete the rows the broker confirmed, probe for pending rows.
+//! Leases: count the relays connected to a source, try-lock and unlock
+//! partitions, and pass the writers' gate. The relay treats rows as opaque:
+//! routing key, type, payload and headers. The outbox statements run often
+//! and are prepared once per connection (the pool's statement cache).
 
 use std::collections::BTreeMap;
 
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
+use ordermesh_platform::outbox::{GATE_LOCK_CLASS, PARTITIONS};
+use tokio_postgres::{Client, GenericClient};
+
+/// Advisory lock class (first key; the second is the partition) of a
+/// partition lease, held on the relay's lease connection.
+pub const LEASE_LOCK_CLASS: i32 = 1_869_414_401;
+
+/// `application_name` prefix of lease connections: one per relay per
+/// source, so counting them counts the live relays.
+pub const LEASE_APPLICATION_PREFIX: &str = "ordermesh-relay-lease/";
 
 /// One outbox row, as published.
 #[derive(Debug, Clone)]
@@ -18,22 +31,32 @@ pub struct OutboxRow {
     pub create_time: chrono::DateTime<chrono::Utc>,
 }
 
-/// Locks and returns up to `limit` of the oldest unlocked rows.
-#[tracing::instrument(skip(tx))]
+/// Locks and returns up to `limit` of the oldest rows of `partitions`.
+///
+/// `FOR UPDATE` without `SKIP LOCKED`: while a lease changes hands, the
+/// previous holder may still be publishing a batch of the same partition;
+/// waiting for its rows (and skipping them once it deleted them) keeps the
+/// partition in id order, where skipping them would publish later rows
+/// first. The relay's connections set a `lock_timeout`.
+// Debug level: a batch serves many orders' traces, and an idle relay claims
+// every tick; at info each claim would be a root trace of its own.
+#[tracing::instrument(level = "debug", skip(tx, partitions), fields(partitions = partitions.len()))]
 pub async fn claim(
     tx: &Transaction<'_>,
+    partitions: &[i16],
     limit: i64,
 ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
-    let rows = tx
-        .query(
+    let claim = tx
+        .prepare_cached(
             r#"SELECT id, event_id, routing_key, event_type, payload, headers, create_time
                FROM outbox
+               WHERE partition = ANY($1)
                ORDER BY id
-               LIMIT $1
-               FOR UPDATE SKIP LOCKED"#,
-            &[&limit],
+               LIMIT $2
+               FOR UPDATE"#,
         )
         .await?;
+    let rows = tx.query(&claim, &[&partitions, &limit]).await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -52,10 +75,125 @@ pub async fn claim(
 }
 
 /// Deletes published rows.
-#[tracing::instrument(skip(tx, ids), fields(count = ids.len()))]
+#[tracing::instrument(level = "debug", skip(tx, ids), fields(count = ids.len()))]
 pub async fn delete(tx: &Transaction<'_>, ids: &[i64]) -> Result<u64, tokio_postgres::Error> {
-    tx.execute(r#"DELETE FROM outbox WHERE id = ANY($1)"#, &[&ids])
+    let delete = tx
+        .prepare_cached(r#"DELETE FROM outbox WHERE id = ANY($1)"#)
+        .await?;
+    tx.execute(&delete, &[&ids]).await
+}
+
+/// Whether any row of `partitions` waits: one cheap round trip, so a
+/// polling relay opens a transaction only when there is work. It walks the
+/// primary key like the claim does, so the dead entries deleted rows leave
+/// behind are skipped (and marked dead) instead of scanned in the heap.
+pub async fn pending(
+    client: &deadpool_postgres::Client,
+    partitions: &[i16],
+) -> Result<bool, tokio_postgres::Error> {
+    let probe = client
+        .prepare_cached(r#"SELECT id FROM outbox WHERE partition = ANY($1) ORDER BY id LIMIT 1"#)
+        .await?;
+    let row = client.query_opt(&probe, &[&partitions]).await?;
+    Ok(row.is_some())
+}
+
+/// Vacuums the outbox (skipped when another vacuum holds it). Deleted rows
+/// leave dead entries that every claim walks until a vacuum removes them;
+/// under load autovacuum's once a minute lets tens of thousands pile up.
+/// Without ownership of the table PostgreSQL only warns and skips it.
+pub async fn vacuum(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("VACUUM (SKIP_LOCKED) outbox").await
+}
+
+/// Relays with a lease connection to this database, this one included.
+pub async fn live_relays(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            r#"SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database()
+                 AND starts_with(application_name, $1)"#,
+            &[&LEASE_APPLICATION_PREFIX],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Tries the session advisory locks `(class, p)` for the `candidates` in
+/// order and stops after `limit` successes; returns the partitions locked.
+/// Never pass a partition this session holds already: the locks nest.
+pub async fn try_lock(
+    client: &Client,
+    class: i32,
+    candidates: &[i16],
+    limit: i64,
+) -> Result<Vec<i16>, tokio_postgres::Error> {
+    // unnest keeps array order and LIMIT stops evaluating the filter once
+    // it has enough rows, so no lock is taken beyond `limit`.
+    let rows = client
+        .query(
+            r#"SELECT p FROM unnest($2::int2[]) AS p
+               WHERE pg_try_advisory_lock($1, p)
+               LIMIT $3"#,
+            &[&class, &candidates, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Releases the session advisory locks `(class, p)`.
+pub async fn unlock(
+    client: &Client,
+    class: i32,
+    partitions: &[i16],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            r#"SELECT pg_advisory_unlock($1, p) FROM unnest($2::int2[]) AS p"#,
+            &[&class, &partitions],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Waits until every outbox writer in flight has committed or rolled back
+/// (they hold the gate shared), bounded by the connection's `lock_timeout`.
+pub async fn pass_gate(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({GATE_LOCK_CLASS}, 0); \
+             SELECT pg_advisory_unlock({GATE_LOCK_CLASS}, 0)"
+        ))
         .await
+}
+
+/// Every partition number.
+pub fn all_partitions() -> impl Iterator<Item = i16> {
+    0..PARTITIONS
+}
+
+/// How far the relay is behind on one source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    pub rows: i64,
+    /// Age of the oldest row; 0 when the outbox is empty.
+    pub oldest_age_seconds: f64,
+}
+
+/// Rows waiting in the outbox and the age of the oldest.
+pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            r#"SELECT count(*),
+                      COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(create_time)), 0)::float8
+               FROM outbox"#,
+            &[],
+        )
+        .await?;
+    Ok(Backlog {
+        rows: row.get(0),
+        oldest_age_seconds: row.get::<_, f64>(1).max(0.0),
+    })
 }
 
 /// The string-valued entries of a JSON object; other values are skipped.

@@ -1,6 +1,12 @@
 //! End-to-end tests on the real binaries. Build them first
 //! (`cargo build --bins`; `make test` does).
 
+mod collector;
+mod dashboard;
 mod mesh;
+mod ops;
 mod pipeline;
+mod readiness;
+mod rest;
 mod shutdown;
+mod telemetry;

@@ -46,6 +46,8 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], after `customize` had a go at the configuration.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
+    // Spans get trace ids, so trace context can be followed through.
+    ordermesh_platform::testing::init_tracing();
     let db = TestDatabase::new();
     let broker = TestBroker::new();
     let queue = broker.queue("order-created");
@@ -94,11 +96,15 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
             let request = tonic_health::pb::HealthCheckRequest {
                 service: processor_svc::GRPC_SERVICE.into(),
             };
-            tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
                 .check(request)
                 .await
-                .ok()?;
-            Some(channel)
+                .ok()?
+                .into_inner()
+                .status;
+            // SERVING once the consumer is connected too (readiness).
+            (status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                .then_some(channel)
         };
         tokio::time::timeout(Duration::from_secs(2), attempt)
             .await

@@ -42,7 +42,17 @@ async fn a_funded_order_is_debited_and_reported_as_succeeded() {
     assert_eq!(row.aggregate_id, "order-1");
     assert_eq!(row.routing_key, "payment.succeeded");
     assert_eq!(row.event_type, "ordermesh.events.v1.PaymentSucceeded");
-    assert_eq!(row.headers["traceparent"], TRACEPARENT);
+    // The outcome continues the order's trace from the consume span: the
+    // incoming trace id, a parent span of the processor's own.
+    let traceparent = row.headers["traceparent"].as_str().expect("a traceparent");
+    let incoming: Vec<&str> = TRACEPARENT.split('-').collect();
+    let outgoing: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(outgoing.len(), 4, "{traceparent}");
+    assert_eq!(outgoing[1], incoming[1], "same trace: {traceparent}");
+    assert_ne!(
+        outgoing[2], incoming[2],
+        "a span of the processor: {traceparent}"
+    );
     let paid = PaymentSucceeded::decode(row.payload.as_slice()).unwrap();
     assert_eq!(
         paid,
@@ -84,6 +94,21 @@ async fn a_redelivered_or_repeated_order_is_debited_once() {
     let mut seen = vec![first, second, last];
     seen.sort();
     assert_eq!(app.inbox().await, seen);
+
+    // The consumer loop counted the redelivery as a duplicate (the inbox
+    // said so) and the other three as processed.
+    let counted = |name: &str| format!("{name}{{queue=\"{}\"}}", app.queue);
+    let (duplicates, processed) = (
+        counted("ordermesh_consumer_duplicates_total"),
+        counted("ordermesh_consumer_processed_total"),
+    );
+    let text = eventually(WAIT, || async {
+        let text = ordermesh_platform::metrics::render();
+        text.contains(&format!("{processed} 3")).then_some(text)
+    })
+    .await
+    .expect("three deliveries counted as processed");
+    assert!(text.contains(&format!("{duplicates} 1")), "{text}");
 }
 
 #[tokio::test]

@@ -1,10 +1,14 @@
 //! A test database with the platform outbox, a test exchange with a queue
-//! bound to everything, and a relay running against them (in-process or as
-//! the real binary).
+//! bound to everything, and relays running against them (in-process or as
+//! the real binary); a writer that keeps writing; a TCP proxy to the broker
+//! that a test can cut.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
@@ -21,7 +25,8 @@ pub struct Harness {
     pub pool: deadpool_postgres::Pool,
     pub queue: String,
     _consumer: lapin::Connection,
-    pub received: mpsc::UnboundedReceiver<lapin::message::Delivery>,
+    /// Deliveries with the time they arrived.
+    pub received: mpsc::UnboundedReceiver<(Instant, lapin::message::Delivery)>,
 }
 
 impl Harness {
@@ -71,7 +76,7 @@ impl Harness {
                     .ack(BasicAckOptions::default())
                     .await
                     .unwrap();
-                if tx.send(delivery).is_err() {
+                if tx.send((Instant::now(), delivery)).is_err() {
                     break;
                 }
             }
@@ -100,7 +105,12 @@ impl Harness {
 
     /// Runs the relay in-process until the returned token is cancelled.
     pub async fn spawn_relay(&self, tick_ms: u64) -> CancellationToken {
-        let config = relay::Config::from_env(&self.env(tick_ms)).unwrap();
+        self.spawn_relay_with(self.env(tick_ms)).await
+    }
+
+    /// Runs the relay in-process with `env` until the token is cancelled.
+    pub async fn spawn_relay_with(&self, env: HashMap<&'static str, String>) -> CancellationToken {
+        let config = relay::Config::from_env(&env).unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shutdown = CancellationToken::new();
         tokio::spawn(relay::run(config, admin, shutdown.clone()));
@@ -109,8 +119,13 @@ impl Harness {
 
     /// Starts the real `relay` binary.
     pub fn spawn_binary(&self, tick_ms: u64) -> Child {
+        self.spawn_binary_with(self.env(tick_ms))
+    }
+
+    /// Starts the real `relay` binary with `env`.
+    pub fn spawn_binary_with(&self, env: HashMap<&'static str, String>) -> Child {
         Command::new(env!("CARGO_BIN_EXE_relay"))
-            .envs(self.env(tick_ms))
+            .envs(env)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -120,28 +135,7 @@ impl Harness {
     /// Writes `count` events in one transaction: aggregate `agg-{i % aggregates}`,
     /// payload = the big-endian sequence number `first + i`.
     pub async fn write(&self, first: u64, count: u64, aggregates: u64) -> Vec<OutboxEvent> {
-        let mut client = self.pool.get().await.unwrap();
-        let tx = client.transaction().await.unwrap();
-        let mut events = Vec::new();
-        for i in 0..count {
-            let seq = first + i;
-            let event = OutboxEvent {
-                event_id: uuid::Uuid::now_v7(),
-                aggregate_id: format!("agg-{}", seq % aggregates),
-                routing_key: "test.event".to_owned(),
-                event_type: "test.Event".to_owned(),
-                payload: seq.to_be_bytes().to_vec(),
-                headers: [(
-                    "traceparent".to_owned(),
-                    format!("00-{:032x}-{:016x}-01", seq + 1, seq + 1),
-                )]
-                .into(),
-            };
-            outbox::enqueue(&tx, &event).await.unwrap();
-            events.push(event);
-        }
-        tx.commit().await.unwrap();
-        events
+        write(&self.pool, first, count, aggregates).await
     }
 
     pub async fn outbox_len(&self) -> i64 {
@@ -153,8 +147,115 @@ impl Harness {
             .get(0)
     }
 
+    /// The outbox partition of each aggregate `agg-0 .. agg-{aggregates-1}`,
+    /// as PostgreSQL computes it.
+    pub async fn partitions(&self, aggregates: u64) -> Vec<i16> {
+        let client = self.pool.get().await.unwrap();
+        let names: Vec<String> = (0..aggregates).map(|a| format!("agg-{a}")).collect();
+        client
+            .query(
+                "SELECT (hashtext(a) & 63)::int2 FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n) ORDER BY n",
+                &[&names],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Partition leases per relay instance (`RELAY_INSTANCE`), from pg_locks.
+    pub async fn leases(&self) -> HashMap<String, Vec<i16>> {
+        let client = self.pool.get().await.unwrap();
+        let rows = client
+            .query(
+                "SELECT substr(a.application_name, length('ordermesh-relay-lease/') + 1),
+                        l.objid::int8::int2
+                 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                   AND l.classid = $1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 ORDER BY 2",
+                &[&(relay::store::LEASE_LOCK_CLASS as u32)],
+            )
+            .await
+            .unwrap();
+        let mut out: HashMap<String, Vec<i16>> = HashMap::new();
+        for r in rows {
+            out.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        out
+    }
+
+    /// Warm locks held on the test database (a polling relay holds one per
+    /// partition).
+    pub async fn warm_locks(&self) -> i64 {
+        let client = self.pool.get().await.unwrap();
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = $1
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[&(outbox::WARM_LOCK_CLASS as u32)],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// LISTENs on the outbox channel: every notification's payload goes to
+    /// the receiver while the returned client lives.
+    pub async fn listen(&self) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<String>) {
+        let (client, mut connection) = tokio_postgres::connect(&self.db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(m)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m
+                    && tx.send(n.payload().to_owned()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {}", outbox::NOTIFY_CHANNEL))
+            .await
+            .unwrap();
+        (client, rx)
+    }
+
+    /// Terminates every relay connection to the test database; returns how
+    /// many there were.
+    pub async fn terminate_relay_connections(&self) -> usize {
+        let client = self.pool.get().await.unwrap();
+        client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name LIKE 'ordermesh-relay%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .len()
+    }
+
     /// Receives until `n` deliveries arrived or `timeout` passed.
     pub async fn receive(&mut self, n: usize, timeout: Duration) -> Vec<lapin::message::Delivery> {
+        self.receive_timed(n, timeout)
+            .await
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    /// As [`Harness::receive`], with arrival times.
+    pub async fn receive_timed(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(Instant, lapin::message::Delivery)> {
         let mut out = Vec::with_capacity(n);
         let deadline = tokio::time::Instant::now() + timeout;
         while out.len() < n {
@@ -164,6 +265,165 @@ impl Harness {
             }
         }
         out
+    }
+}
+
+/// Writes `count` events in one transaction: aggregate `agg-{seq % aggregates}`,
+/// payload = the big-endian sequence number `seq` (from `first`).
+pub async fn write(
+    pool: &deadpool_postgres::Pool,
+    first: u64,
+    count: u64,
+    aggregates: u64,
+) -> Vec<OutboxEvent> {
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let mut events = Vec::new();
+    for i in 0..count {
+        let seq = first + i;
+        let event = OutboxEvent {
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_id: format!("agg-{}", seq % aggregates),
+            routing_key: "test.event".to_owned(),
+            event_type: "test.Event".to_owned(),
+            payload: seq.to_be_bytes().to_vec(),
+            headers: [(
+                "traceparent".to_owned(),
+                format!("00-{:032x}-{:016x}-01", seq + 1, seq + 1),
+            )]
+            .into(),
+        };
+        outbox::enqueue(&tx, &event).await.unwrap();
+        events.push(event);
+    }
+    tx.commit().await.unwrap();
+    events
+}
+
+/// Writes events in the background: `per_tick` rows in one transaction
+/// every `tick`, sequence numbers counting up from 0, until stopped.
+pub struct Writer {
+    next: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(
+        pool: deadpool_postgres::Pool,
+        aggregates: u64,
+        per_tick: u64,
+        tick: Duration,
+    ) -> Self {
+        let next = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (next, stop) = (next.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(tick);
+                while !stop.load(Ordering::SeqCst) {
+                    interval.tick().await;
+                    let first = next.fetch_add(per_tick, Ordering::SeqCst);
+                    write(&pool, first, per_tick, aggregates).await;
+                }
+            })
+        };
+        Self { next, stop, task }
+    }
+
+    /// Every event numbered at least this was written after this call.
+    pub fn next_seq(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
+    }
+
+    /// Stops and returns how many events were written.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        self.next.load(Ordering::SeqCst)
+    }
+}
+
+/// A TCP proxy in front of the broker: `cut` closes every connection and
+/// refuses new ones until `restore`.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accept = {
+            let (open, conns) = (open.clone(), conns.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees the connection close
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(task.abort_handle());
+                }
+            })
+        };
+        Self {
+            addr,
+            open,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// `url` (amqp://user:pass@host:port/vhost) pointing at `addr` instead.
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let creds = authority
+        .rsplit_once('@')
+        .map(|(c, _)| format!("{c}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{creds}{addr}/{path}")
+}
+
+/// `host:port` of an AMQP URL.
+pub fn authority(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let authority = rest.split('/').next().unwrap();
+    let host_port = authority.rsplit('@').next().unwrap();
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
     }
 }
 

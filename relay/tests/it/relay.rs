@@ -45,14 +45,22 @@ async fn publishes_every_row_in_order_with_its_identity_then_deletes_it() {
 }
 
 #[tokio::test]
-async fn notify_wakes_the_relay_long_before_the_fallback_tick() {
+async fn notify_wakes_a_cold_relay_long_before_the_fallback_tick() {
     let mut h = Harness::new().await;
-    let stop = h.spawn_relay(60_000).await;
-    // Let the worker finish its first (empty) drain and the listener connect.
+    let mut env = h.env(60_000);
+    env.insert("RELAY_IDLE_AFTER_MS", "50".to_owned());
+    let stop = h.spawn_relay_with(env).await;
+    // Let the worker take its leases and the listener connect.
     h.write(0, 1, 1).await;
     assert_eq!(h.receive(1, Duration::from_secs(5)).await.len(), 1);
 
     for i in 1..=5 {
+        // Once the relay stops polling, only a NOTIFY can wake it in time.
+        let cold = eventually(Duration::from_secs(5), || async {
+            (h.warm_locks().await == 0).then_some(())
+        })
+        .await;
+        assert!(cold.is_some(), "the relay stops polling when idle");
         let start = Instant::now();
         h.write(i, 1, 1).await;
         let got = h.receive(1, Duration::from_secs(1)).await;
@@ -63,6 +71,40 @@ async fn notify_wakes_the_relay_long_before_the_fallback_tick() {
         );
         assert!(start.elapsed() < Duration::from_secs(1));
     }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn writers_skip_the_notify_while_the_relay_polls() {
+    let mut h = Harness::new().await;
+    let mut env = h.env(60_000);
+    env.insert("RELAY_IDLE_AFTER_MS", "60000".to_owned());
+    env.insert("RELAY_WARM_ROWS", "1".to_owned());
+    let stop = h.spawn_relay_with(env).await;
+    h.write(0, 1, 7).await;
+    assert_eq!(h.receive(1, Duration::from_secs(5)).await.len(), 1);
+    let warm = eventually(Duration::from_secs(5), || async {
+        (h.warm_locks().await == 64).then_some(())
+    })
+    .await;
+    assert!(
+        warm.is_some(),
+        "a relay that just saw rows polls every partition"
+    );
+
+    let (_listening, mut notifications) = h.listen().await;
+    for i in 1..=50 {
+        h.write(i, 1, 7).await;
+    }
+    let got = h.receive(50, Duration::from_secs(5)).await;
+    assert_eq!(
+        got.iter().map(seq).collect::<Vec<_>>(),
+        (1..=50).collect::<Vec<_>>()
+    );
+    assert!(
+        notifications.try_recv().is_err(),
+        "no writer notified while the relay polled"
+    );
     stop.cancel();
 }
 

@@ -1,0 +1,373 @@
+//! What a run leaves behind: `report.json` (the keys the scale issue asks
+//! for, and more), a human table on stdout, and `latency.svg`: end-to-end
+//! latency percentiles against the offered rate, and the latency
+//! distribution of the fixed-rate steps.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::load::StepReport;
+use crate::stats::quantile;
+
+/// The run's figures in the shape of `target/bench/report.json`.
+pub struct Run {
+    pub date: String,
+    pub machine: Value,
+    pub fixed: Vec<StepReport>,
+    pub search: Vec<StepReport>,
+    pub max_sustained: f64,
+    pub commit_to_publish: crate::stats::Summary,
+    pub drain_rows_per_s: f64,
+    pub limits: crate::limits::Limits,
+    pub rss_mib: Vec<(String, f64, f64)>,
+    pub profile: Option<Value>,
+    pub seconds: f64,
+}
+
+fn rate_json(s: &StepReport) -> Value {
+    json!({
+        "offered_per_s": s.offered_per_s,
+        "completed_per_s": s.completed_per_s,
+        "e2e_ms": {"p50": s.e2e_ms.p50, "p99": s.e2e_ms.p99, "p999": s.e2e_ms.p999,
+                   "p90": s.e2e_ms.p90, "mean": s.e2e_ms.mean, "max": s.e2e_ms.max},
+        "sustained": s.sustained,
+        "verdict": s.verdict,
+        "sent": s.sent,
+        "settled": s.settled,
+        "paid": s.paid,
+        "errors": s.errors,
+        "drain_s": s.drain_s,
+        "create_rpc_ms": s.create_rpc_ms,
+        "cpu_busy": s.cpu_busy,
+        "cpu_s_per_1k_orders": s.cpu_s_per_1k_orders.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<String, Value>>(),
+    })
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        let limits = &self.limits;
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                crate::stats::r3(a / b)
+            } else {
+                0.0
+            }
+        };
+        json!({
+            "date": self.date,
+            "machine": self.machine,
+            "run_seconds": crate::stats::r3(self.seconds),
+            "pipeline": {
+                "max_sustained_orders_per_s": self.max_sustained,
+                "rates": self.fixed.iter().map(rate_json).collect::<Vec<_>>(),
+                "search": self.search.iter().map(rate_json).collect::<Vec<_>>(),
+            },
+            "relay": {
+                "commit_to_publish_ms": {
+                    "p50": self.commit_to_publish.p50, "p99": self.commit_to_publish.p99,
+                    "p90": self.commit_to_publish.p90, "p999": self.commit_to_publish.p999,
+                    "max": self.commit_to_publish.max,
+                },
+                "drain_rows_per_s": self.drain_rows_per_s,
+            },
+            "limits": {
+                "pg_order_tx_per_s": limits.pg_order_tx_per_s,
+                "pg_order_tx_per_s_notify_each": limits.pg_order_tx_per_s_notify_each,
+                "pg_commit_ms": limits.pg_commit_ms,
+                "amqp_confirmed_publish_per_s": limits.amqp_confirmed_publish_per_s,
+                "amqp_confirm_ms": limits.amqp_confirm_ms,
+            },
+            "ratios": {
+                "max_sustained_orders_vs_pg_order_tx": ratio(self.max_sustained, limits.pg_order_tx_per_s),
+                "relay_drain_vs_amqp_confirmed_publish": ratio(self.drain_rows_per_s, limits.amqp_confirmed_publish_per_s),
+                "max_sustained_messages_vs_amqp_confirmed_publish": ratio(2.0 * self.max_sustained, limits.amqp_confirmed_publish_per_s),
+            },
+            "rss_mib": self.rss_mib.iter().map(|(n, _, hwm)| (n.clone(), json!(crate::stats::r3(*hwm)))).collect::<serde_json::Map<String, Value>>(),
+            "rss_mib_at_end": self.rss_mib.iter().map(|(n, rss, _)| (n.clone(), json!(crate::stats::r3(*rss)))).collect::<serde_json::Map<String, Value>>(),
+            "profile": self.profile,
+        })
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let l = &self.limits;
+        let _ = writeln!(
+            t,
+            "\nordermesh bench, {} ({:.0} s)",
+            self.date, self.seconds
+        );
+        let _ = writeln!(t, "machine: {}", self.machine);
+        let _ = writeln!(
+            t,
+            "\n{:>9} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8} {:>6}  verdict",
+            "offered/s",
+            "completed/s",
+            "e2e p50",
+            "e2e p99",
+            "e2e p999",
+            "rpc p50",
+            "drain s",
+            "cpu"
+        );
+        for s in self.fixed.iter().chain(&self.search) {
+            let _ = writeln!(
+                t,
+                "{:>9.0} {:>11.1} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>8.2}ms {:>8.2} {:>5.0}%  {}",
+                s.offered_per_s,
+                s.completed_per_s,
+                s.e2e_ms.p50,
+                s.e2e_ms.p99,
+                s.e2e_ms.p999,
+                s.create_rpc_ms.p50,
+                s.drain_s,
+                s.cpu_busy * 100.0,
+                s.verdict
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\nmax sustained create->PAID: {:.0} orders/s  (target >= 800)",
+            self.max_sustained
+        );
+        if let Some(s) = self.fixed.iter().find(|s| s.offered_per_s == 200.0) {
+            let _ = writeln!(
+                t,
+                "e2e at 200/s: p50 {:.2} ms (target <= 3.5), p99 {:.2} ms (target <= 10)",
+                s.e2e_ms.p50, s.e2e_ms.p99
+            );
+        }
+        let _ = writeln!(
+            t,
+            "relay commit->publish: p50 {:.3} ms (target <= 1), p99 {:.3} ms; drain {:.0} rows/s",
+            self.commit_to_publish.p50, self.commit_to_publish.p99, self.drain_rows_per_s
+        );
+        for (name, rss, hwm) in &self.rss_mib {
+            let _ = writeln!(
+                t,
+                "RSS {name:<14} peak {hwm:6.1} MiB, at end {rss:6.1} MiB (target <= 64)"
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\nlimits of this machine, same run:\n  PostgreSQL order+outbox tx: {:.0}/s (with a NOTIFY in every tx: {:.0}/s); one commit p50 {:.2} ms\n  RabbitMQ persistent publish+confirm: {:.0} msg/s; one confirm p50 {:.2} ms",
+            l.pg_order_tx_per_s,
+            l.pg_order_tx_per_s_notify_each,
+            l.pg_commit_ms.p50,
+            l.amqp_confirmed_publish_per_s,
+            l.amqp_confirm_ms.p50
+        );
+        let pct = |a: f64, b: f64| if b > 0.0 { 100.0 * a / b } else { 0.0 };
+        let _ = writeln!(
+            t,
+            "ratios: max sustained orders/s = {:.0}% of PostgreSQL order tx/s (each order costs 3 service tx + relay tx); \
+             {:.0}% of RabbitMQ confirmed msg/s in messages (2 per order); relay drain = {:.0}% of RabbitMQ confirmed msg/s",
+            pct(self.max_sustained, l.pg_order_tx_per_s),
+            pct(2.0 * self.max_sustained, l.amqp_confirmed_publish_per_s),
+            pct(self.drain_rows_per_s, l.amqp_confirmed_publish_per_s),
+        );
+        t
+    }
+
+    /// The latency plot: percentiles against offered rate (left, log
+    /// scale) and the distribution of the fixed-rate steps (right).
+    pub fn svg(&self) -> String {
+        let (w, h) = (960.0, 420.0);
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = write!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="20" text-anchor="middle" font-size="14">ordermesh create→PAID latency ({})</text>"#,
+            w / 2.0,
+            xml(&self.date)
+        );
+
+        // Left: percentiles vs offered rate.
+        let mut steps: Vec<&StepReport> = self.fixed.iter().chain(&self.search).collect();
+        steps.sort_by(|a, b| a.offered_per_s.total_cmp(&b.offered_per_s));
+        steps.dedup_by(|a, b| a.offered_per_s == b.offered_per_s);
+        let (x0, y0, pw, ph) = (60.0, 40.0, 380.0, 320.0);
+        let max_rate = steps.iter().map(|s| s.offered_per_s).fold(100.0, f64::max) * 1.05;
+        let (lo, hi) = (0.1f64.log10(), 10_000f64.log10());
+        let ly = |ms: f64| y0 + ph - (ms.max(0.1).log10() - lo) / (hi - lo) * ph;
+        let lx = |r: f64| x0 + r / max_rate * pw;
+        axes(&mut s, x0, y0, pw, ph);
+        for ms in [0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0] {
+            let y = ly(ms);
+            let _ = write!(
+                s,
+                r##"<line x1="{x0}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{ms}</text>"##,
+                x0 + pw,
+                x0 - 4.0,
+                y + 4.0
+            );
+        }
+        let tick = [100.0, 200.0, 250.0, 500.0, 1000.0, 2000.0]
+            .into_iter()
+            .find(|t| max_rate / t <= 6.0)
+            .unwrap_or(5000.0);
+        let mut r = 0.0;
+        while r <= max_rate {
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#,
+                lx(r),
+                y0 + ph + 16.0,
+                r
+            );
+            r += tick;
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">offered orders/s (open loop)</text><text transform="translate(16 {}) rotate(-90)" text-anchor="middle">e2e ms (log)</text>"#,
+            x0 + pw / 2.0,
+            y0 + ph + 34.0,
+            y0 + ph / 2.0
+        );
+        for (name, color, pick) in [
+            ("p50", "#1f77b4", 0usize),
+            ("p99", "#ff7f0e", 1),
+            ("p99.9", "#d62728", 2),
+        ] {
+            let pts: Vec<String> = steps
+                .iter()
+                .map(|st| {
+                    let v = [st.e2e_ms.p50, st.e2e_ms.p99, st.e2e_ms.p999][pick];
+                    format!("{:.1},{:.1}", lx(st.offered_per_s), ly(v))
+                })
+                .collect();
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                pts.join(" ")
+            );
+            for st in &steps {
+                let v = [st.e2e_ms.p50, st.e2e_ms.p99, st.e2e_ms.p999][pick];
+                let fill = if st.sustained { color } else { "white" };
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{fill}" stroke="{color}"/>"#,
+                    lx(st.offered_per_s),
+                    ly(v)
+                );
+            }
+            let ly_legend = y0 + 14.0 + 16.0 * pick as f64;
+            let _ = write!(
+                s,
+                r#"<line x1="{}" x2="{}" y1="{ly_legend}" y2="{ly_legend}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{name}</text>"#,
+                x0 + 10.0,
+                x0 + 30.0,
+                x0 + 36.0,
+                ly_legend + 4.0
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}">hollow: not sustained; max sustained {:.0}/s</text>"#,
+            x0 + 10.0,
+            y0 + 66.0,
+            self.max_sustained
+        );
+
+        // Right: distribution (CDF) of the fixed-rate steps.
+        let (x1, pw1) = (540.0, 380.0);
+        axes(&mut s, x1, y0, pw1, ph);
+        let max_ms = self
+            .fixed
+            .iter()
+            .map(|st| quantile(&sorted(&st.e2e_samples), 0.999))
+            .fold(10.0, f64::max);
+        // Log scale from 1 ms to the next power of ten above the p99.9.
+        let decades = max_ms.log10().ceil().max(1.0);
+        let max_ms = 10f64.powf(decades);
+        let cx = |ms: f64| x1 + ms.max(1.0).log10() / decades * pw1;
+        let cy = |q: f64| y0 + ph - q * ph;
+        for d in 0..=decades as i32 {
+            let ms = 10f64.powi(d);
+            let _ = write!(
+                s,
+                r##"<line x1="{x}" x2="{x}" y1="{y0}" y2="{}" stroke="#eee"/><text x="{x}" y="{}" text-anchor="middle">{ms}</text>"##,
+                y0 + ph,
+                y0 + ph + 16.0,
+                x = cx(ms),
+            );
+        }
+        for i in 0..=5 {
+            let q = f64::from(i) / 5.0;
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{:.1}</text>"#,
+                x1 - 4.0,
+                cy(q) + 4.0,
+                q
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">e2e ms (log, to p99.9)</text><text transform="translate({} {}) rotate(-90)" text-anchor="middle">fraction of orders</text>"#,
+            x1 + pw1 / 2.0,
+            y0 + ph + 34.0,
+            x1 - 36.0,
+            y0 + ph / 2.0
+        );
+        let colors = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2"];
+        for (k, st) in self.fixed.iter().enumerate() {
+            let v = sorted(&st.e2e_samples);
+            if v.is_empty() {
+                continue;
+            }
+            let color = colors[k % colors.len()];
+            let n = v.len();
+            let step = (n / 400).max(1);
+            let pts: Vec<String> = (0..n)
+                .step_by(step)
+                .chain(std::iter::once(n - 1))
+                .filter(|i| v[*i] <= max_ms)
+                .map(|i| format!("{:.1},{:.1}", cx(v[i]), cy((i + 1) as f64 / n as f64)))
+                .collect();
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                pts.join(" ")
+            );
+            let ly_legend = y0 + 14.0 + 16.0 * k as f64;
+            let _ = write!(
+                s,
+                r#"<line x1="{}" x2="{}" y1="{ly_legend}" y2="{ly_legend}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{:.0}/s: p50 {:.2} ms, p99 {:.2} ms</text>"#,
+                x1 + 10.0,
+                x1 + 30.0,
+                x1 + 36.0,
+                ly_legend + 4.0,
+                st.offered_per_s,
+                st.e2e_ms.p50,
+                st.e2e_ms.p99
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn axes(s: &mut String, x: f64, y: f64, w: f64, h: f64) {
+    let _ = write!(
+        s,
+        r##"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="none" stroke="#888"/>"##
+    );
+}
+
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

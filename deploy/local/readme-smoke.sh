@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Runs the README's walk-through against freshly started binaries, the way a
+# user would, so the README cannot rot.
+#
+# The steps are the lines of the fenced code blocks that follow a line
+# `<!-- smoke -->` (scripts/readme_steps.py tells the syntax: `# expect: TEXT`,
+# `# expect-within-1s: TEXT`, `# expect-error: TEXT` at the end of a line).
+# The binaries run on free ports with their own databases
+# (ordermesh_smoke_<id>_orders / _processor), exchange and queues
+# (om-test-smoke-<id>.*); the README's 127.0.0.1:50051 / :50052 / :9100 are
+# replaced by those ports. Everything is removed at the end, pass or fail.
+#
+# Knobs:
+#   SMOKE_README=README.md     the file to run
+#   SMOKE_DRY_RUN=1            start nothing, clean nothing: only run the steps
+#                              (to test the steps and markers themselves)
+#   SMOKE_START_TIMEOUT=90     seconds for the binaries to become healthy
+#   SMOKE_STEP_TIMEOUT=30      seconds one command may take
+#   SMOKE_PG_URL               PostgreSQL server for the smoke databases
+#                              (default TEST_PG_URL, else the local server)
+#   AMQP_URL                   the broker (default: local)
+#   ORDERMESH_BIN_DIR=dir      use the binaries in dir instead of building
+set -euo pipefail
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$OM_ROOT"
+
+readme=${SMOKE_README:-README.md}
+dry_run=${SMOKE_DRY_RUN:-0}
+start_timeout=${SMOKE_START_TIMEOUT:-90}
+step_timeout=${SMOKE_STEP_TIMEOUT:-30}
+[[ -f $readme ]] || om_die "$readme not found (SMOKE_README): nothing to smoke-test"
+readme_name=${readme#"$OM_ROOT"/}
+
+# Refuse a malformed walk-through before building anything.
+python3 scripts/readme_steps.py "$readme" --human >/dev/null
+
+id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
+# Free ports: bind all three at once so they differ, then release them.
+ports=$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+read -r order_port processor_port relay_port <<<"$ports"
+order_addr=127.0.0.1:$order_port
+processor_addr=127.0.0.1:$processor_port
+relay_addr=127.0.0.1:$relay_port
+
+work=$OM_RUN/smoke-$id
+mkdir -p "$work"
+pg_server=$(om_url_with_db "${SMOKE_PG_URL:-${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}}" postgres)
+amqp_url=${AMQP_URL:-$OM_DEFAULT_AMQP_URL}
+order_db=ordermesh_smoke_${id}_orders
+processor_db=ordermesh_smoke_${id}_processor
+prefix=om-test-smoke-$id
+started=()
+
+cleanup() {
+  local rc=$? name db
+  set +e
+  trap '' INT TERM # finish cleaning up whatever arrives
+  if ((${#started[@]} > 0)); then
+    om_stop_all 15 "${started[@]}"
+  fi
+  if [[ $dry_run != 1 ]]; then
+    if command -v psql >/dev/null; then
+      for db in "$order_db" "$processor_db"; do
+        PGOPTIONS="-c client_min_messages=warning" psql "$pg_server" -wXqAt -v ON_ERROR_STOP=1 \
+          -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null ||
+          om_warn "could not drop database $db"
+      done
+    else
+      om_warn "psql not found: databases $order_db, $processor_db not dropped"
+    fi
+    om_rabbit_delete_prefix "$(om_amqp_vhost "$amqp_url")" "$prefix." >/dev/null
+  fi
+  if ((rc != 0)) && compgen -G "$work/*.log" >/dev/null; then
+    printf 'readme-smoke: logs of the binaries kept in %s\n' "${work#"$OM_ROOT"/}" >&2
+  else
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CHECK ADDR: starts the binary with the smoke environment and
+# waits until CHECK ADDR passes.
+start() {
+  local name=$1 check=$2 addr=$3 pid
+  pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" \
+    ORDER_SVC_ADDR="$order_addr" \
+    PROCESSOR_SVC_ADDR="$processor_addr" \
+    RELAY_ADMIN_ADDR="$relay_addr" \
+    ORDER_DATABASE_URL="$(om_url_with_db "$pg_server" "$order_db")" \
+    PROCESSOR_DATABASE_URL="$(om_url_with_db "$pg_server" "$processor_db")" \
+    RELAY_SOURCES="$(om_url_with_db "$pg_server" "$order_db"),$(om_url_with_db "$pg_server" "$processor_db")" \
+    AMQP_URL="$amqp_url" \
+    AMQP_EXCHANGE="$prefix.events" \
+    ORDER_QUEUE="$prefix.order-svc.payment-results" \
+    PROCESSOR_QUEUE="$prefix.processor-svc.order-created")
+  started+=("$name:$pid")
+  om_wait_healthy "$name" "$pid" "$work/$name.log" "$check" "$addr" "$((SECONDS + start_timeout))"
+  om_say "$name is healthy on $addr (pid $pid)"
+}
+
+if [[ $dry_run == 1 ]]; then
+  om_say "dry run: nothing started; steps run as written (ports $order_port/$processor_port/$relay_port substituted)"
+else
+  bash deploy/local/tools.sh grpcurl
+  command -v curl >/dev/null || om_die "curl is needed for the relay health check"
+  if [[ -n ${ORDERMESH_BIN_DIR:-} ]]; then
+    bin_dir=$(cd "$ORDERMESH_BIN_DIR" && pwd)
+  else
+    om_say "building debug binaries (cargo build --bins)"
+    cargo build --workspace --bins
+    bin_dir=$(om_target_dir)/debug
+  fi
+  for name in "${OM_BINARIES[@]}"; do
+    [[ -x $bin_dir/$name ]] || om_die "$bin_dir/$name is missing: the build did not produce the $name binary"
+  done
+  om_say "smoke environment: databases $order_db, $processor_db; exchange $prefix.events"
+  start order-svc om_grpc_health "$order_addr"
+  start processor-svc om_grpc_health "$processor_addr"
+  start relay om_http_health "$relay_addr"
+fi
+
+python3 scripts/readme_steps.py "$readme" \
+  --sub "127.0.0.1:50051=$order_addr" \
+  --sub "127.0.0.1:50052=$processor_addr" \
+  --sub "127.0.0.1:9100=$relay_addr" >"$work/steps"
+
+export PATH="$OM_TOOLS_BIN:$PATH"
+env_file=$work/step-env
+out=$work/step-out
+: >"$env_file"
+
+# Runs one command in a fresh `bash -euo pipefail`, in the repo root, with the
+# variables earlier steps exported; output (stdout+stderr) goes to $out.
+run_once() {
+  rm -f "$env_file.next"
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout "$step_timeout" bash -c '
+    set -euo pipefail
+    source "$1" || true
+    eval "$2"
+    export -p >"$1.next"' smoke-step "$env_file" "$1" >"$out" 2>&1 </dev/null
+}
+
+now_ms() { printf '%s\n' "$((${EPOCHREALTIME/[.,]/} / 1000))"; }
+
+passed=0
+failed=0
+failures=()
+while IFS=$'\x1f' read -r -d '' lineno kind within_ms expected command; do
+  printf '\n$ %s\n' "$command"
+  rc=0
+  attempts=1
+  run_once "$command" || rc=$?
+  if [[ $kind == within ]]; then
+    deadline=$(($(now_ms) + within_ms))
+    while ! { ((rc == 0)) && [[ $(<"$out") == *"$expected"* ]]; } && (($(now_ms) < deadline)); do
+      sleep 0.05
+      rc=0
+      run_once "$command" || rc=$?
+      attempts=$((attempts + 1))
+    done
+  fi
+  output=$(<"$out")
+  [[ -z $output ]] || printf '%s\n' "$output"
+  contains=0
+  [[ $output == *"$expected"* ]] && contains=1
+  why=""
+  case $kind in
+    run) ((rc == 0)) || why="exited $rc" ;;
+    expect)
+      if ((rc != 0)); then why="exited $rc (expected: $expected)"
+      elif ((!contains)); then why="output lacks: $expected"; fi
+      ;;
+    within)
+      if ((rc != 0)); then why="still exits $rc after ${within_ms} ms, $attempts attempts (expected: $expected)"
+      elif ((!contains)); then why="output still lacks after ${within_ms} ms, $attempts attempts: $expected"; fi
+      ;;
+    error)
+      if ((rc == 0)); then why="exited 0, expected an error containing: $expected"
+      elif ((!contains)); then why="error output lacks: $expected"; fi
+      ;;
+    *) why="unknown step kind $kind" ;;
+  esac
+  if [[ -z $why ]]; then
+    passed=$((passed + 1))
+    [[ -f $env_file.next ]] && mv -f "$env_file.next" "$env_file"
+    case $kind in
+      run) printf '[ok] %s:%s\n' "$readme_name" "$lineno" ;;
+      within) printf '[ok] %s:%s %s (after %d attempt(s))\n' "$readme_name" "$lineno" "$expected" "$attempts" ;;
+      *) printf '[ok] %s:%s %s\n' "$readme_name" "$lineno" "$expected" ;;
+    esac
+  else
+    failed=$((failed + 1))
+    failures+=("$readme_name:$lineno: $why")
+    printf '[FAIL] %s:%s: %s\n' "$readme_name" "$lineno" "$why"
+  fi
+done <"$work/steps"
+
+if ((failed > 0)) && [[ $dry_run != 1 ]]; then
+  for name in "${OM_BINARIES[@]}"; do
+    [[ -s $work/$name.log ]] || continue
+    printf '\n---- last lines of %s/%s.log\n' "${work#"$OM_ROOT"/}" "$name"
+    tail -n 30 "$work/$name.log"
+  done
+fi
+printf '\n'
+if ((failed > 0)); then
+  printf 'readme-smoke FAIL:\n'
+  printf '  %s\n' "${failures[@]}"
+else
+  printf 'readme-smoke PASS: every step of %s\n' "$readme_name"
+fi
+printf 'readme-smoke: %d passed, %d failed\n' "$passed" "$failed"
+((failed == 0))

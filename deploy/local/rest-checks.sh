@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# REST checks against freshly started binaries (order-svc, processor-svc):
+#
+#   1. schemathesis (PyPI) fuzzes each service from its own /openapi.json
+#      and fails on any 5xx or any answer that breaks the document (status
+#      code, content type, headers, body schema, Allow on 405).
+#   2. headless Chromium opens each service's /docs (Swagger UI, bundled in
+#      the binary) with every outside host unresolvable, checks that every
+#      operation of /openapi.json is listed, and saves a screenshot of
+#      order-svc's page to docs/img/rest-docs.png (the README shows it).
+#
+# Not checked by schemathesis, on purpose: positive_data_acceptance and
+# negative_data_rejection. The document is derived from the protos, which
+# say nothing of the services' business validation (a schema-valid order
+# with no items is still refused), and proto3 JSON accepts null for any
+# field (the default value), which the schemas do not spell out.
+#
+# The binaries run on free ports with their own databases
+# (ordermesh_rest_<id>_orders / _processor) and broker names
+# (om-test-rest-<id>.*); everything is removed at the end, pass or fail.
+#
+# Knobs:
+#   REST_CHECKS_MAX_EXAMPLES=100  schemathesis test cases per operation
+#   REST_CHECKS_TIMEOUT=180       seconds schemathesis may take per service
+#   REST_CHECKS_SEED=n            hypothesis seed; random by default, fixed
+#                                 (1) when CI=true so a CI verdict can be
+#                                 replayed; a failure prints its seed either way
+#   REST_CHECKS_SCREENSHOT=docs/img/rest-docs.png   where the screenshot goes
+#   SMOKE_PG_URL / TEST_PG_URL    PostgreSQL server (default: local)
+#   AMQP_URL                      the broker (default: local)
+#   ORDERMESH_BIN_DIR=dir         use the binaries in dir instead of building
+set -euo pipefail
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$OM_ROOT"
+
+max_examples=${REST_CHECKS_MAX_EXAMPLES:-100}
+seed_args=()
+if [[ -n ${REST_CHECKS_SEED:-} ]]; then
+  seed_args=(--seed "$REST_CHECKS_SEED")
+elif [[ ${CI:-} == true ]]; then
+  seed_args=(--seed 1)
+fi
+fuzz_timeout=${REST_CHECKS_TIMEOUT:-180}
+screenshot=${REST_CHECKS_SCREENSHOT:-docs/img/rest-docs.png}
+start_timeout=90
+
+bash deploy/local/tools.sh schemathesis chromium
+command -v curl >/dev/null || om_die "curl is needed to fetch /openapi.json"
+
+id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
+ports=$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+read -r order_port processor_port <<<"$ports"
+order_addr=127.0.0.1:$order_port
+processor_addr=127.0.0.1:$processor_port
+
+work=$OM_RUN/rest-$id
+mkdir -p "$work"
+pg_server=$(om_url_with_db "${SMOKE_PG_URL:-${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}}" postgres)
+amqp_url=${AMQP_URL:-$OM_DEFAULT_AMQP_URL}
+order_db=ordermesh_rest_${id}_orders
+processor_db=ordermesh_rest_${id}_processor
+prefix=om-test-rest-$id
+started=()
+
+cleanup() {
+  local rc=$? db
+  set +e
+  trap '' INT TERM
+  if ((${#started[@]} > 0)); then
+    om_stop_all 15 "${started[@]}"
+  fi
+  if command -v psql >/dev/null; then
+    for db in "$order_db" "$processor_db"; do
+      PGOPTIONS="-c client_min_messages=warning" psql "$pg_server" -XqAt -v ON_ERROR_STOP=1 \
+        -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null ||
+        om_warn "could not drop database $db"
+    done
+  else
+    om_warn "psql not found: databases $order_db, $processor_db not dropped"
+  fi
+  om_rabbit_delete_prefix "$(om_amqp_vhost "$amqp_url")" "$prefix." 0 >/dev/null
+  if ((rc == 0)); then
+    rm -rf "$work"
+  else
+    printf 'rest-checks: logs and reports kept in %s\n' "${work#"$OM_ROOT"/}" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ -n ${ORDERMESH_BIN_DIR:-} ]]; then
+  bin_dir=$(cd "$ORDERMESH_BIN_DIR" && pwd)
+else
+  om_say "building debug binaries (cargo build --bins)"
+  cargo build --workspace --bins
+  bin_dir=$(om_target_dir)/debug
+fi
+
+# start NAME ADDR: starts the binary with the test environment and waits
+# until its gRPC health check passes.
+start() {
+  local name=$1 addr=$2 pid
+  [[ -x $bin_dir/$name ]] || om_die "$bin_dir/$name is missing"
+  pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" \
+    ORDER_SVC_ADDR="$order_addr" \
+    PROCESSOR_SVC_ADDR="$processor_addr" \
+    ORDER_DATABASE_URL="$(om_url_with_db "$pg_server" "$order_db")" \
+    PROCESSOR_DATABASE_URL="$(om_url_with_db "$pg_server" "$processor_db")" \
+    AMQP_URL="$amqp_url" \
+    AMQP_EXCHANGE="$prefix.events" \
+    ORDER_QUEUE="$prefix.order-svc.payment-results" \
+    PROCESSOR_QUEUE="$prefix.processor-svc.order-created")
+  started+=("$name:$pid")
+  om_wait_healthy "$name" "$pid" "$work/$name.log" om_grpc_health "$addr" "$((SECONDS + start_timeout))"
+  om_say "$name is healthy on $addr (pid $pid)"
+}
+start order-svc "$order_addr"
+start processor-svc "$processor_addr"
+
+failed=()
+
+# --- schemathesis -----------------------------------------------------------
+for entry in "order-svc=$order_addr" "processor-svc=$processor_addr"; do
+  name=${entry%%=*} addr=${entry#*=}
+  om_say "schemathesis: $name (http://$addr/openapi.json, $max_examples examples per operation)"
+  mkdir -p "$work/schemathesis-$name"
+  # Run from the work directory: hypothesis keeps its database in the cwd.
+  if ! (cd "$work/schemathesis-$name" && timeout "$fuzz_timeout" \
+    "$OM_TOOLS_BIN/schemathesis" run "http://$addr/openapi.json" \
+    --checks all \
+    --exclude-checks positive_data_acceptance,negative_data_rejection \
+    --max-examples "$max_examples" "${seed_args[@]}" \
+    --request-timeout 10 \
+    --wait-for-schema 10 \
+    --warnings off \
+    --no-color </dev/null); then
+    failed+=("schemathesis found problems in $name (or ran out of ${fuzz_timeout}s)")
+  fi
+done
+
+# --- the docs page in headless Chromium ---------------------------------------
+# Every host but 127.0.0.1 is unresolvable: the page must not need the internet.
+chromium_run() {
+  timeout 90 chromium --headless --no-sandbox --disable-gpu \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --no-first-run --hide-scrollbars --user-data-dir="$work/chromium" \
+    --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1" \
+    --virtual-time-budget=15000 "$@" 2>>"$work/chromium.log" </dev/null
+}
+
+for entry in "order-svc=$order_addr" "processor-svc=$processor_addr"; do
+  name=${entry%%=*} addr=${entry#*=}
+  om_say "chromium: http://$addr/docs lists every operation of /openapi.json"
+  curl -fsS --max-time 10 "http://$addr/openapi.json" >"$work/$name.openapi.json"
+  if ! chromium_run --dump-dom "http://$addr/docs" >"$work/$name.docs.html"; then
+    failed+=("chromium could not load the docs page of $name")
+    continue
+  fi
+  if ! python3 - "$work/$name.openapi.json" "$work/$name.docs.html" <<'PY'; then
+import html, json, sys
+doc = json.load(open(sys.argv[1]))
+page = html.unescape(open(sys.argv[2]).read())
+missing = []
+count = 0
+for path, item in doc["paths"].items():
+    for method, op in item.items():
+        count += 1
+        anchor = f'href="#/{op["tags"][0]}/{op["operationId"]}"'
+        if f'data-path="{path}"' not in page or anchor not in page:
+            missing.append(f"{method.upper()} {path} ({op['operationId']})")
+if count == 0:
+    sys.exit("the document has no operations")
+if missing:
+    sys.exit("operations not shown on /docs: " + ", ".join(missing))
+print(f"    all {count} operations are listed")
+PY
+    failed+=("the docs page of $name does not list every operation")
+  fi
+done
+
+om_say "chromium: screenshot of order-svc's /docs -> $screenshot"
+mkdir -p "$(dirname "$screenshot")"
+if chromium_run --window-size=1280,900 --screenshot="$work/rest-docs.png" "http://$order_addr/docs" >/dev/null &&
+  [[ -s $work/rest-docs.png ]]; then
+  cp "$work/rest-docs.png" "$screenshot"
+else
+  failed+=("no screenshot of the docs page")
+fi
+
+if ((${#failed[@]} > 0)); then
+  printf '\nrest-checks FAIL:\n'
+  printf '  %s\n' "${failed[@]}"
+  exit 1
+fi
+printf '\nrest-checks PASS: schemathesis found nothing; /docs lists every operation of both services\n'

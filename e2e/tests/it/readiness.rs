@@ -1,0 +1,132 @@
+//! Readiness follows the dependencies: the three binaries reach RabbitMQ
+//! through a TCP proxy the test cuts; `/readyz` and `grpc.health.v1` go
+//! not-ready, come back once the broker is reachable again, and the order
+//! taken during the outage is paid exactly once.
+
+use std::time::Duration;
+
+use ordermesh_platform::testing::{amqp_url, eventually};
+use ordermesh_proto::order::v1::OrderStatus;
+use ordermesh_proto::payment::v1::GetAccountRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::mesh::Mesh;
+use crate::ops::{Proxy, grpc_health, http_get};
+use crate::pipeline::{item, open_account, order, settled};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Where the `host:port` of `url` starts and ends.
+fn authority_span(url: &str) -> (usize, usize) {
+    let start = url
+        .find('@')
+        .map(|i| i + 1)
+        .unwrap_or_else(|| url.find("://").unwrap() + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    (start, end)
+}
+
+/// `url` with its `host:port` replaced by `addr`.
+fn via(url: &str, addr: &str) -> String {
+    let (start, end) = authority_span(url);
+    format!("{}{addr}{}", &url[..start], &url[end..])
+}
+
+/// Whether every binary's `/readyz` and both services' gRPC health say `ready`.
+async fn all_ready(mesh: &Mesh, ready: bool) -> bool {
+    let want_http = if ready { 200 } else { 503 };
+    let want_grpc = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    } as i32;
+    let relay = &mesh.env["RELAY_ADMIN_ADDR"];
+    for addr in [&mesh.order_addr, &mesh.processor_addr, relay] {
+        match http_get(addr, "/readyz").await {
+            Ok((status, _)) if status == want_http => {}
+            _ => return false,
+        }
+    }
+    for (addr, service) in [
+        (&mesh.order_addr, "ordermesh.order.v1.OrderService"),
+        (&mesh.processor_addr, "ordermesh.payment.v1.AccountService"),
+    ] {
+        for name in [service, ""] {
+            if grpc_health(addr, name).await != Some(want_grpc) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_broker_flips_readiness_and_recovery_loses_no_order() {
+    let broker = amqp_url();
+    let (start, end) = authority_span(&broker);
+    let proxy = Proxy::start(&broker[start..end]).await;
+    let proxied = via(&broker, &proxy.addr);
+    let mesh = Mesh::start(&[("AMQP_URL", proxied.as_str())]).await;
+    assert!(all_ready(&mesh, true).await, "ready after start");
+    let (status, body) = http_get(&mesh.order_addr, "/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    open_account(&mesh, "carol", 10_000).await;
+    let mut orders = mesh.orders().await;
+    orders
+        .create_order(order("before", "carol", vec![item("pen", 1, 1_000)]))
+        .await
+        .unwrap();
+    let before = settled(&mut orders, "before", PATIENCE).await;
+    assert_eq!(before.status, OrderStatus::Paid as i32, "{before:?}");
+
+    proxy.cut().await;
+    let down = eventually(PATIENCE, || async {
+        all_ready(&mesh, false).await.then_some(())
+    })
+    .await;
+    assert!(down.is_some(), "not every binary reported not-ready");
+    let (_, reason) = http_get(&mesh.order_addr, "/readyz").await.unwrap();
+    assert!(reason.contains("broker"), "{reason}");
+    // Still alive, and still taking orders: they wait in the outbox.
+    let (status, _) = http_get(&mesh.processor_addr, "/healthz").await.unwrap();
+    assert_eq!(status, 200);
+    orders
+        .create_order(order("during", "carol", vec![item("pen", 2, 1_000)]))
+        .await
+        .unwrap();
+
+    proxy.restore();
+    let up = eventually(PATIENCE, || async {
+        all_ready(&mesh, true).await.then_some(())
+    })
+    .await;
+    assert!(up.is_some(), "not every binary became ready again");
+    let during = settled(&mut orders, "during", PATIENCE).await;
+    assert_eq!(during.status, OrderStatus::Paid as i32, "{during:?}");
+    let account = mesh
+        .accounts()
+        .await
+        .get_account(GetAccountRequest {
+            customer_id: "carol".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(
+        account.balance_minor,
+        10_000 - 1_000 - 2_000,
+        "each order paid once"
+    );
+}
+
+#[test]
+fn via_swaps_the_address() {
+    assert_eq!(
+        via("amqp://guest:guest@127.0.0.1:5672/%2f", "127.0.0.1:1"),
+        "amqp://guest:guest@127.0.0.1:1/%2f"
+    );
+    assert_eq!(via("amqp://h:1", "x:2"), "amqp://x:2");
+}

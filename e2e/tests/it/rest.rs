@@ -1,0 +1,524 @@
+//! REST/JSON on the real binaries. `every_http_rule_is_called_over_rest`
+//! walks every `google.api.http` rule in the descriptor set and calls it:
+//! a newly annotated RPC fails it until [`cases`] has an entry for it. The
+//! other tests check the real services' errors as `google.rpc.Status` JSON,
+//! the OpenAPI document of each service, HTTP/2, and the body limit setting.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use ordermesh_platform::rest::{self, Binding};
+use serde_json::{Value, json};
+
+use crate::mesh::Mesh;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// How long an asynchronous result (an order paid) may take.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// One REST answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts a `google.rpc.Status` error answer and returns its body.
+    fn error(&self, status: u16, code: i32) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.content_type, "application/json", "{self:?}");
+        let body = self.json();
+        assert_eq!(body["code"], code, "{self:?}");
+        assert!(
+            body["message"].is_string() && body["details"].is_array(),
+            "{self:?}"
+        );
+        body
+    }
+}
+
+async fn send(
+    client: &HttpClient,
+    addr: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer within 10 s"))
+        .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    // A stream (a watch) may never end: the first line is enough.
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, body.frame()).await {
+        if let Ok(data) = frame.expect("read the body").into_data() {
+            bytes.extend_from_slice(&data);
+        }
+        if content_type == "application/x-ndjson" && bytes.contains(&b'\n') {
+            break;
+        }
+    }
+    Answer {
+        status,
+        content_type,
+        headers,
+        body: String::from_utf8(bytes).expect("UTF-8"),
+    }
+}
+
+fn http1() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn http2() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// True when every key of `expected` is in `actual` with a matching value
+/// (recursively; arrays match element by element, as a prefix).
+fn contains(actual: &Value, expected: &Value) -> bool {
+    match (actual, expected) {
+        (Value::Object(a), Value::Object(e)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| contains(av, v))),
+        (Value::Array(a), Value::Array(e)) => {
+            a.len() >= e.len() && a.iter().zip(e).all(|(av, ev)| contains(av, ev))
+        }
+        _ => actual == expected,
+    }
+}
+
+/// A REST call that exercises one http rule.
+struct Case {
+    /// The RPC, `package.Service.Method`.
+    rpc: &'static str,
+    /// The binding: HTTP method and path template as in the proto.
+    method: &'static str,
+    template: &'static str,
+    /// The concrete request.
+    path: String,
+    body: Option<Value>,
+    /// A subset of the JSON answer (for a stream: of its first line).
+    expect: Value,
+    /// Retry until the answer matches, for results that arrive later.
+    eventually: bool,
+}
+
+/// One case per http rule, in the order they run (later ones use what
+/// earlier ones created). A new annotated RPC needs an entry here.
+fn cases(customer: &str, order: &str) -> Vec<Case> {
+    vec![
+        Case {
+            rpc: "ordermesh.payment.v1.AccountService.CreateAccount",
+            method: "POST",
+            template: "/v1/accounts",
+            path: "/v1/accounts".into(),
+            body: Some(json!({"customerId": customer, "currencyCode": "USD"})),
+            expect: json!({"account": {"customerId": customer, "currencyCode": "USD"}}),
+            eventually: false,
+        },
+        Case {
+            rpc: "ordermesh.payment.v1.AccountService.Deposit",
+            method: "POST",
+            template: "/v1/accounts/{customer_id}:deposit",
+            path: format!("/v1/accounts/{customer}:deposit"),
+            // snake_case and a 64-bit number are accepted too
+            body: Some(json!({"amount_minor": 5000, "depositId": "dep-1"})),
+            expect: json!({"account": {"customerId": customer, "balanceMinor": "5000"}}),
+            eventually: false,
+        },
+        Case {
+            rpc: "ordermesh.order.v1.OrderService.CreateOrder",
+            method: "POST",
+            template: "/v1/orders",
+            path: "/v1/orders".into(),
+            body: Some(json!({
+                "orderId": order,
+                "customerId": customer,
+                "items": [{"sku": "book", "quantity": 2, "unitPriceMinor": "600"}],
+            })),
+            expect: json!({"order": {
+                "orderId": order, "totalMinor": "1200", "status": "ORDER_STATUS_PENDING",
+                "items": [{"sku": "book", "quantity": 2, "unitPriceMinor": "600"}],
+            }}),
+            eventually: false,
+        },
+        Case {
+            rpc: "ordermesh.order.v1.OrderService.GetOrder",
+            method: "GET",
+            template: "/v1/orders/{order_id}",
+            path: format!("/v1/orders/{order}"),
+            body: None,
+            expect: json!({"order": {"orderId": order, "status": "ORDER_STATUS_PAID"}}),
+            eventually: true,
+        },
+        Case {
+            rpc: "ordermesh.payment.v1.AccountService.GetAccount",
+            method: "GET",
+            template: "/v1/accounts/{customer_id}",
+            path: format!("/v1/accounts/{customer}"),
+            body: None,
+            expect: json!({"account": {"customerId": customer, "balanceMinor": "3800"}}),
+            eventually: false,
+        },
+        Case {
+            rpc: "ordermesh.order.v1.OrderService.ListOrders",
+            method: "GET",
+            template: "/v1/orders",
+            path: format!("/v1/orders?customer_id={customer}&status=ORDER_STATUS_PAID&pageSize=10"),
+            body: None,
+            expect: json!({"orders": [{"orderId": order, "customerId": customer}]}),
+            eventually: false,
+        },
+    ]
+}
+
+/// Every http rule of the descriptor set, with the services that carry one.
+fn all_bindings() -> Vec<Binding> {
+    let pool = rest::descriptor_pool().expect("the descriptor set decodes");
+    let services: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
+    rest::http_rule::bindings(&pool, &services).expect("the http rules are valid")
+}
+
+fn rpc_name(binding: &Binding) -> String {
+    format!(
+        "{}.{}",
+        binding.method.parent_service().full_name(),
+        binding.method.name()
+    )
+}
+
+/// The binary that serves `service`.
+fn address<'a>(mesh: &'a Mesh, service: &str) -> &'a str {
+    match service {
+        "ordermesh.order.v1.OrderService" => &mesh.order_addr,
+        "ordermesh.payment.v1.AccountService" => &mesh.processor_addr,
+        other => panic!("no binary known to serve {other}: add it to rest.rs address()"),
+    }
+}
+
+#[tokio::test]
+async fn every_http_rule_is_called_over_rest() {
+    let bindings = all_bindings();
+    assert!(!bindings.is_empty());
+    let customer = format!("rest-{}", uuid::Uuid::new_v4().simple());
+    let order = format!("{customer}-order");
+    let cases = cases(&customer, &order);
+
+    // Every rule has a case, every case a rule.
+    let key = |rpc: &str, method: &str, template: &str| format!("{rpc} {method} {template}");
+    let rules: Vec<String> = bindings
+        .iter()
+        .map(|b| {
+            key(
+                &rpc_name(b),
+                b.http_method.as_str(),
+                &b.template.to_string(),
+            )
+        })
+        .collect();
+    let covered: Vec<String> = cases
+        .iter()
+        .map(|c| key(c.rpc, c.method, c.template))
+        .collect();
+    let missing: Vec<&String> = rules.iter().filter(|r| !covered.contains(r)).collect();
+    assert!(
+        missing.is_empty(),
+        "http rules without a REST case in e2e/tests/it/rest.rs cases(): {missing:#?}"
+    );
+    let stale: Vec<&String> = covered.iter().filter(|c| !rules.contains(c)).collect();
+    assert!(
+        stale.is_empty(),
+        "cases for rules that no longer exist: {stale:#?}"
+    );
+
+    let mesh = Mesh::start(&[]).await;
+    let client = http1();
+    for case in &cases {
+        let binding = bindings
+            .iter()
+            .find(|b| {
+                key(
+                    &rpc_name(b),
+                    b.http_method.as_str(),
+                    &b.template.to_string(),
+                ) == key(case.rpc, case.method, case.template)
+            })
+            .expect("checked above");
+        let path_only = case.path.split('?').next().unwrap();
+        assert!(
+            binding.template.matches(path_only).is_some(),
+            "{}: {} does not match {}",
+            case.rpc,
+            case.path,
+            case.template
+        );
+        let addr = address(&mesh, binding.method.parent_service().full_name());
+        let method = Method::from_bytes(case.method.as_bytes()).unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let answer = send(
+                &client,
+                addr,
+                method.clone(),
+                &case.path,
+                &[],
+                case.body.as_ref().map(Value::to_string),
+            )
+            .await;
+            let json = if binding.method.is_server_streaming() {
+                assert_eq!(answer.content_type, "application/x-ndjson", "{answer:?}");
+                let first = answer.body.lines().next().unwrap_or_default();
+                serde_json::from_str::<Value>(first).map(|v| v["result"].clone())
+            } else {
+                assert_eq!(answer.content_type, "application/json", "{answer:?}");
+                serde_json::from_str::<Value>(&answer.body)
+            };
+            let ok = answer.status == 200 && json.as_ref().is_ok_and(|j| contains(j, &case.expect));
+            if ok {
+                break;
+            }
+            assert!(
+                case.eventually && tokio::time::Instant::now() < deadline,
+                "{} {} {}: expected 200 with {}, got {answer:?}",
+                case.rpc,
+                case.method,
+                case.path,
+                case.expect
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn real_service_errors_are_status_json() {
+    let mesh = Mesh::start(&[("REST_MAX_BODY_BYTES", "4096")]).await;
+    let client = http1();
+    let orders = mesh.order_addr.as_str();
+    let accounts = mesh.processor_addr.as_str();
+
+    // INVALID_ARGUMENT from the service, with its BadRequest detail.
+    let answer = send(
+        &client,
+        orders,
+        Method::POST,
+        "/v1/orders",
+        &[],
+        Some(r#"{"customerId": "c", "items": []}"#.into()),
+    )
+    .await;
+    let body = answer.error(400, 3);
+    assert_eq!(
+        body["details"],
+        json!([{
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "items", "description": body["details"][0]["fieldViolations"][0]["description"]}],
+        }])
+    );
+
+    // NOT_FOUND and ALREADY_EXISTS.
+    let answer = send(
+        &client,
+        orders,
+        Method::GET,
+        "/v1/orders/no-such-order",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        answer.error(404, 5)["message"],
+        "order no-such-order not found"
+    );
+    let create = r#"{"customerId": "twice"}"#.to_owned();
+    let answer = send(
+        &client,
+        accounts,
+        Method::POST,
+        "/v1/accounts",
+        &[],
+        Some(create.clone()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let answer = send(
+        &client,
+        accounts,
+        Method::POST,
+        "/v1/accounts",
+        &[],
+        Some(create),
+    )
+    .await;
+    answer.error(409, 6);
+
+    // The gateway's own: malformed JSON, unknown field, wrong type.
+    let answer = send(
+        &client,
+        orders,
+        Method::POST,
+        "/v1/orders",
+        &[],
+        Some("{".into()),
+    )
+    .await;
+    answer.error(400, 3);
+    let answer = send(
+        &client,
+        orders,
+        Method::POST,
+        "/v1/orders",
+        &[],
+        Some(r#"{"colour": 1}"#.into()),
+    )
+    .await;
+    assert_eq!(
+        answer.error(400, 3)["details"][0]["fieldViolations"][0]["field"],
+        "colour"
+    );
+    let answer = send(
+        &client,
+        orders,
+        Method::POST,
+        "/v1/orders",
+        &[],
+        Some(r#"{"customerId": "c", "items": [{"sku": "a", "quantity": "two"}]}"#.into()),
+    )
+    .await;
+    assert_eq!(
+        answer.error(400, 3)["details"][0]["fieldViolations"][0]["field"],
+        "items[0].quantity"
+    );
+    let answer = send(
+        &client,
+        orders,
+        Method::GET,
+        "/v1/orders?page_size=lots",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(
+        answer.error(400, 3)["details"][0]["fieldViolations"][0]["field"],
+        "page_size"
+    );
+
+    // Unknown path, wrong method, a body over REST_MAX_BODY_BYTES.
+    send(&client, orders, Method::GET, "/v1/nothing", &[], None)
+        .await
+        .error(404, 5);
+    // AccountService is not on the order service's port.
+    send(
+        &client,
+        orders,
+        Method::GET,
+        "/v1/accounts/alice",
+        &[],
+        None,
+    )
+    .await
+    .error(404, 5);
+    let answer = send(&client, orders, Method::DELETE, "/v1/orders/x", &[], None).await;
+    answer.error(405, 12);
+    assert_eq!(answer.headers["allow"], "GET");
+    let big = format!(r#"{{"customerId": "{}"}}"#, "x".repeat(5000));
+    send(&client, orders, Method::POST, "/v1/orders", &[], Some(big))
+        .await
+        .error(413, 8);
+
+    // A deadline that cannot be met: 504, still JSON (not tonic's gRPC form).
+    send(
+        &client,
+        orders,
+        Method::GET,
+        "/v1/orders/x",
+        &[("grpc-timeout", "1n")],
+        None,
+    )
+    .await
+    .error(504, 4);
+
+    // HTTP/2 (prior knowledge) on the same port.
+    let answer = send(
+        &http2(),
+        orders,
+        Method::GET,
+        "/v1/orders/no-such-order",
+        &[],
+        None,
+    )
+    .await;
+    answer.error(404, 5);
+}
+
+#[tokio::test]
+async fn each_service_documents_only_its_own_rules() {
+    let mesh = Mesh::start(&[]).await;
+    let client = http1();
+    let bindings = all_bindings();
+    for (addr, service) in [
+        (&mesh.order_addr, "ordermesh.order.v1.OrderService"),
+        (&mesh.processor_addr, "ordermesh.payment.v1.AccountService"),
+    ] {
+        let answer = send(&client, addr, Method::GET, "/openapi.json", &[], None).await;
+        assert_eq!(answer.status, 200);
+        let doc = answer.json();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented: Vec<String> = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        let mut expected: Vec<String> = bindings
+            .iter()
+            .filter(|b| b.method.parent_service().full_name() == service)
+            .map(|b| format!("{} {}", b.http_method, b.template.openapi_path()))
+            .collect();
+        documented.sort();
+        expected.sort();
+        assert_eq!(documented, expected, "{service}");
+
+        let answer = send(&client, addr, Method::GET, "/docs", &[], None).await;
+        assert_eq!(answer.status, 200);
+        assert!(answer.body.contains("/openapi.json"));
+    }
+}

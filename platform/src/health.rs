@@ -1,0 +1,343 @@
+//! Liveness and readiness.
+//!
+//! - `GET /healthz`: 200 while the process serves HTTP at all (alive).
+//! - `GET /readyz`: 200 when every dependency is reachable, else 503 naming
+//!   the ones that are not. The same verdict drives `grpc.health.v1`
+//!   (`SERVING` / `NOT_SERVING`, for the service names and `""`).
+//! - `GET /metrics`: the Prometheus text of [`crate::metrics`].
+//!
+//! [`watch`] probes the dependencies (a PostgreSQL pool answers `SELECT 1`,
+//! a consumer is connected to its broker, ...) every [`WATCH_INTERVAL`] and
+//! flips [`Readiness`] when the verdict changes; when shutdown starts it
+//! reports not-ready, so load balancers stop sending work while in-flight
+//! work drains.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::amqp::{BrokerConfig, ConsumerStatus};
+
+/// How often [`watch`] probes the dependencies.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one probe may take before it counts as failed.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the process is ready, shared by `/readyz`, gRPC health and the
+/// watcher. Starts not ready.
+#[derive(Clone)]
+pub struct Readiness {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ready: AtomicBool,
+    /// Why it is not ready, for the `/readyz` body.
+    reason: Mutex<String>,
+    /// gRPC health names to keep in step (`""` is added).
+    grpc: Option<(HealthReporter, Vec<String>)>,
+}
+
+impl Readiness {
+    /// Readiness that also drives `grpc.health.v1` for `services` and the
+    /// whole server (`""`); both are set to `NOT_SERVING` until the first
+    /// successful probe.
+    pub async fn with_grpc(reporter: HealthReporter, services: &[&str]) -> Self {
+        let mut names: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
+        names.push(String::new());
+        let readiness = Self::build(Some((reporter, names)));
+        readiness.report(false).await;
+        readiness
+    }
+
+    /// Readiness for a process without gRPC (the relay).
+    pub fn http_only() -> Self {
+        Self::build(None)
+    }
+
+    fn build(grpc: Option<(HealthReporter, Vec<String>)>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                ready: AtomicBool::new(false),
+                reason: Mutex::new("starting".to_owned()),
+                grpc,
+            }),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    /// Why the process is not ready (empty when it is).
+    pub fn reason(&self) -> String {
+        self.inner.reason.lock().expect("not poisoned").clone()
+    }
+
+    /// Sets the verdict; `failing` names what is unreachable. Logs changes.
+    pub async fn set(&self, ready: bool, failing: &str) {
+        *self.inner.reason.lock().expect("not poisoned") = failing.to_owned();
+        let was = self.inner.ready.swap(ready, Ordering::SeqCst);
+        if was != ready {
+            if ready {
+                tracing::info!("ready: every dependency is reachable");
+            } else {
+                tracing::warn!(failing, "not ready");
+            }
+            self.report(ready).await;
+        }
+        ::metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
+    }
+
+    async fn report(&self, ready: bool) {
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if let Some((reporter, names)) = &self.inner.grpc {
+            for name in names {
+                reporter.set_service_status(name, status).await;
+            }
+        }
+    }
+}
+
+/// A dependency the watcher checks.
+pub enum Probe {
+    /// The pool hands out a connection that answers `SELECT 1`; its usage is
+    /// published as the pool gauges under `name`.
+    Database { name: String, pool: Pool },
+    /// A consumer holds a live broker connection.
+    Consumer(ConsumerStatus),
+    /// The broker accepts a connection (kept open between probes).
+    Broker(Box<BrokerProbe>),
+    /// Something the caller keeps up to date (e.g. a publisher connection).
+    Flag { name: String, up: Arc<AtomicBool> },
+}
+
+/// A connection of its own to the broker, for processes whose broker
+/// connections come and go with their work (the relay's publishers).
+pub struct BrokerProbe {
+    config: BrokerConfig,
+    name: String,
+    connection: tokio::sync::Mutex<Option<lapin::Connection>>,
+}
+
+impl BrokerProbe {
+    /// Probes the broker of `config`; `name` is the connection's name in
+    /// the RabbitMQ management UI.
+    pub fn new(config: BrokerConfig, name: impl Into<String>) -> Box<Self> {
+        Box::new(Self {
+            config,
+            name: name.into(),
+            connection: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut connection = self.connection.lock().await;
+        if connection.as_ref().is_some_and(|c| c.status().connected()) {
+            return Ok(());
+        }
+        *connection = None;
+        let props =
+            lapin::ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        let connect = lapin::Connection::connect(self.config.url.expose(), props);
+        match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+            Ok(Ok(c)) => {
+                *connection = Some(c);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("broker: {e}")),
+            Err(_) => Err(format!("broker: no answer within {PROBE_TIMEOUT:?}")),
+        }
+    }
+}
+
+impl Probe {
+    async fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Database { name, pool } => {
+                let status = pool.status();
+                crate::metrics::record_pool(name, status);
+                // Every connection busy: the database is evidently in use;
+                // waiting for one would only measure load.
+                if status.size >= status.max_size && status.available == 0 {
+                    return Ok(());
+                }
+                let ping = async {
+                    let client = pool.get().await.map_err(|e| e.to_string())?;
+                    client
+                        .simple_query("SELECT 1")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<(), String>(())
+                };
+                match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("database {name}: {e}")),
+                    Err(_) => Err(format!(
+                        "database {name}: no answer within {PROBE_TIMEOUT:?}"
+                    )),
+                }
+            }
+            Self::Consumer(status) => {
+                if status.is_connected() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "consumer {}: not connected to the broker",
+                        status.queue()
+                    ))
+                }
+            }
+            Self::Broker(probe) => probe.check().await,
+            Self::Flag { name, up } => {
+                if up.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(format!("{name}: down"))
+                }
+            }
+        }
+    }
+}
+
+/// Probes `probes` every [`WATCH_INTERVAL`] and sets `readiness`, until
+/// `shutdown`; then reports not-ready and returns.
+pub async fn watch(
+    readiness: Readiness,
+    probes: Vec<Probe>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+        let mut failing = Vec::new();
+        for probe in &probes {
+            if let Err(e) = probe.check().await {
+                failing.push(e);
+            }
+        }
+        readiness.set(failing.is_empty(), &failing.join("; ")).await;
+        crate::metrics::handle().run_upkeep();
+    }
+    readiness.set(false, "shutting down").await;
+    for probe in probes {
+        if let Probe::Broker(p) = probe
+            && let Some(c) = p.connection.into_inner()
+        {
+            let _ = c.close(200, "shutting down".into()).await;
+        }
+    }
+    Ok(())
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn ops_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(readiness)
+}
+
+/// `routes` with the [`ops_router`] beside them, on the same port.
+pub fn with_ops_routes(
+    routes: tonic::service::Routes,
+    readiness: &Readiness,
+) -> tonic::service::Routes {
+    tonic::service::Routes::from(
+        routes
+            .into_axum_router()
+            .merge(ops_router(readiness.clone())),
+    )
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    if readiness.is_ready() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", readiness.reason()),
+        )
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_drives_grpc_health() {
+        let (reporter, _server) = tonic_health::server::health_reporter();
+        let readiness = Readiness::with_grpc(reporter.clone(), &["x.v1.S"]).await;
+        assert!(!readiness.is_ready());
+        // The gRPC side is checked on the real binaries (e2e readiness test).
+        readiness.set(true, "").await;
+        assert!(readiness.is_ready());
+        readiness.set(false, "database d: refused").await;
+        assert_eq!(readiness.reason(), "database d: refused");
+    }
+
+    #[tokio::test]
+    async fn watch_reports_flags_and_stops_not_ready() {
+        let readiness = Readiness::http_only();
+        let up = Arc::new(AtomicBool::new(true));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(watch(
+            readiness.clone(),
+            vec![Probe::Flag {
+                name: "publisher".into(),
+                up: up.clone(),
+            }],
+            shutdown.clone(),
+        ));
+        let became = |want: bool| {
+            let r = readiness.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while r.is_ready() != want {
+                    assert!(tokio::time::Instant::now() < deadline, "still {}", !want);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        became(true).await;
+        up.store(false, Ordering::SeqCst);
+        became(false).await;
+        assert!(
+            readiness.reason().contains("publisher"),
+            "{}",
+            readiness.reason()
+        );
+        up.store(true, Ordering::SeqCst);
+        became(true).await;
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+        assert!(!readiness.is_ready());
+    }
+}

@@ -1,0 +1,725 @@
+//! `google.api.http` rules: read from the method options of a descriptor
+//! pool ([`bindings`]) and path templates parsed and matched
+//! ([`PathTemplate`]), following the grammar in `google/api/http.proto`:
+//!
+//! ```text
+//! Template = "/" Segments [ Verb ] ;
+//! Segments = Segment { "/" Segment } ;
+//! Segment  = "*" | "**" | LITERAL | Variable ;
+//! Variable = "{" FieldPath [ "=" Segments ] "}" ;
+//! Verb     = ":" LITERAL ;
+//! ```
+
+use std::fmt;
+
+use http::Method;
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MethodDescriptor, Value,
+};
+
+/// The `google.api.http` extension of `google.protobuf.MethodOptions`.
+pub const HTTP_EXTENSION: &str = "google.api.http";
+
+/// A rule that cannot be served; the message says which method and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{method}: {reason}")]
+pub struct RuleError {
+    pub method: String,
+    pub reason: String,
+}
+
+fn rule_error(method: &MethodDescriptor, reason: impl Into<String>) -> RuleError {
+    RuleError {
+        method: method.full_name().to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// What the HTTP request body holds.
+#[derive(Debug, Clone)]
+pub enum BodyMapping {
+    /// No body (`body` unset): every field not in the path is a query parameter.
+    None,
+    /// `body: "*"`: the whole request message except the path fields.
+    Whole,
+    /// `body: "<field>"`: one top-level field; the rest come from the query.
+    Field(FieldDescriptor),
+}
+
+/// One HTTP binding of an RPC: the rule itself or one of its
+/// `additional_bindings`.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub method: MethodDescriptor,
+    pub http_method: Method,
+    pub template: PathTemplate,
+    /// The request fields each template variable sets, in template order.
+    pub variables: Vec<Vec<FieldDescriptor>>,
+    pub body: BodyMapping,
+    /// `response_body`: only this field of the response is sent.
+    pub response_body: Option<FieldDescriptor>,
+    /// 0 for the rule itself, n for its n-th additional binding.
+    pub index: usize,
+}
+
+/// Every binding of the methods of `services` that carry a `google.api.http`
+/// rule. Client-streaming methods have no REST mapping and are left out.
+pub fn bindings(pool: &DescriptorPool, services: &[String]) -> Result<Vec<Binding>, RuleError> {
+    let Some(extension) = pool.get_extension_by_name(HTTP_EXTENSION) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for service in pool.services() {
+        if !services.iter().any(|s| s == service.full_name()) {
+            continue;
+        }
+        for method in service.methods() {
+            let options = method.options();
+            if !options.has_extension(&extension) {
+                continue;
+            }
+            if method.is_client_streaming() {
+                tracing::warn!(
+                    method = method.full_name(),
+                    "client-streaming method has no REST mapping"
+                );
+                continue;
+            }
+            let rule = match options.get_extension(&extension).as_ref() {
+                Value::Message(rule) => rule.clone(),
+                other => return Err(rule_error(&method, format!("unexpected option {other:?}"))),
+            };
+            out.push(binding(&method, &rule, 0)?);
+            let extras = match rule.get_field_by_name("additional_bindings").as_deref() {
+                Some(Value::List(list)) => list.clone(),
+                _ => Vec::new(),
+            };
+            for (i, extra) in extras.iter().enumerate() {
+                let Value::Message(extra) = extra else {
+                    continue;
+                };
+                if matches!(extra.get_field_by_name("additional_bindings").as_deref(),
+                    Some(Value::List(l)) if !l.is_empty())
+                {
+                    return Err(rule_error(
+                        &method,
+                        "additional_bindings may not nest additional_bindings",
+                    ));
+                }
+                out.push(binding(&method, extra, i + 1)?);
+            }
+        }
+    }
+    for (i, a) in out.iter().enumerate() {
+        if let Some(b) = out[..i].iter().find(|b| {
+            b.http_method == a.http_method && b.template.canonical() == a.template.canonical()
+        }) {
+            return Err(rule_error(
+                &a.method,
+                format!(
+                    "{} {} is already bound to {}",
+                    a.http_method,
+                    a.template,
+                    b.method.full_name()
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn string_field(rule: &DynamicMessage, name: &str) -> String {
+    rule.get_field_by_name(name)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn binding(
+    method: &MethodDescriptor,
+    rule: &DynamicMessage,
+    index: usize,
+) -> Result<Binding, RuleError> {
+    let mut pattern = None;
+    for name in ["get", "put", "post", "delete", "patch"] {
+        if rule.has_field_by_name(name) {
+            let verb = Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+                .expect("a standard method");
+            pattern = Some((verb, string_field(rule, name)));
+        }
+    }
+    if rule.has_field_by_name("custom")
+        && let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
+    {
+        let kind = string_field(custom, "kind");
+        let verb = Method::from_bytes(kind.as_bytes())
+            .map_err(|_| rule_error(method, format!("invalid custom method {kind:?}")))?;
+        pattern = Some((verb, string_field(custom, "path")));
+    }
+    let Some((http_method, path)) = pattern else {
+        return Err(rule_error(method, "the rule sets no HTTP method and path"));
+    };
+    let template = PathTemplate::parse(&path)
+        .map_err(|e| rule_error(method, format!("path template {path:?}: {e}")))?;
+    let input = method.input();
+    let mut variables = Vec::new();
+    for variable in template.variables() {
+        let fields = resolve_field_path(&input, &variable.field_path).map_err(|e| {
+            rule_error(
+                method,
+                format!("path variable {}: {e}", variable.field_path.join(".")),
+            )
+        })?;
+        let leaf = fields.last().expect("a field path is never empty");
+        if leaf.is_list() || leaf.is_map() || matches!(leaf.kind(), Kind::Message(_)) {
+            return Err(rule_error(
+                method,
+                format!(
+                    "path variable {} must be a singular scalar field",
+                    leaf.name()
+                ),
+            ));
+        }
+        variables.push(fields);
+    }
+    let body = match string_field(rule, "body").as_str() {
+        "" => BodyMapping::None,
+        "*" => BodyMapping::Whole,
+        name => {
+            let field = input.get_field_by_name(name).ok_or_else(|| {
+                rule_error(
+                    method,
+                    format!("body field {name:?} is not in {}", input.full_name()),
+                )
+            })?;
+            if variables.iter().any(|v| v[0] == field) {
+                return Err(rule_error(
+                    method,
+                    format!("body field {name:?} is also a path variable"),
+                ));
+            }
+            BodyMapping::Field(field)
+        }
+    };
+    let response_body = match string_field(rule, "response_body").as_str() {
+        "" => None,
+        name => Some(method.output().get_field_by_name(name).ok_or_else(|| {
+            rule_error(
+                method,
+                format!(
+                    "response_body field {name:?} is not in {}",
+                    method.output().full_name()
+                ),
+            )
+        })?),
+    };
+    Ok(Binding {
+        method: method.clone(),
+        http_method,
+        template,
+        variables,
+        body,
+        response_body,
+        index,
+    })
+}
+
+/// The fields `path` (proto names, dot-separated in the rule) walks through;
+/// every field but the last is a singular message.
+fn resolve_field_path(
+    message: &prost_reflect::MessageDescriptor,
+    path: &[String],
+) -> Result<Vec<FieldDescriptor>, String> {
+    let mut fields = Vec::new();
+    let mut current = message.clone();
+    for (i, name) in path.iter().enumerate() {
+        let field = current
+            .get_field_by_name(name)
+            .ok_or_else(|| format!("no field {name:?} in {}", current.full_name()))?;
+        if i + 1 < path.len() {
+            match field.kind() {
+                Kind::Message(next) if !field.is_list() && !field.is_map() => current = next,
+                _ => return Err(format!("{name} is not a singular message field")),
+            }
+        }
+        fields.push(field);
+    }
+    Ok(fields)
+}
+
+/// One segment of a parsed template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `*`: exactly one non-empty segment.
+    One,
+    /// `**`: the rest of the path (zero or more segments); last only.
+    Rest,
+}
+
+/// A template variable: the request field it sets and the segments it spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    pub field_path: Vec<String>,
+    start: usize,
+    end: usize,
+}
+
+/// A parsed path template, e.g. `/v1/{name=shelves/*/books/*}:publish`.
+#[derive(Debug, Clone)]
+pub struct PathTemplate {
+    raw: String,
+    segments: Vec<Segment>,
+    variables: Vec<Variable>,
+    verb: Option<String>,
+}
+
+impl fmt::Display for PathTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// A variable's value, as matched in a request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// Index into [`PathTemplate::variables`] (and [`Binding::variables`]).
+    pub variable: usize,
+    pub value: String,
+}
+
+impl PathTemplate {
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let rest = template.strip_prefix('/').ok_or("must start with '/'")?;
+        // The verb is a ':' outside braces after the last '/'.
+        let mut depth = 0usize;
+        let mut verb_at = None;
+        let mut last_slash = 0;
+        for (i, c) in rest.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth = depth.checked_sub(1).ok_or("unbalanced '}'")?,
+                '/' if depth == 0 => last_slash = i,
+                ':' if depth == 0 && i >= last_slash && verb_at.is_none() => verb_at = Some(i),
+                _ => {}
+            }
+        }
+        if depth != 0 {
+            return Err("unbalanced '{'".into());
+        }
+        let (path, verb) = match verb_at {
+            Some(i) => {
+                let verb = &rest[i + 1..];
+                if verb.is_empty() || verb.contains(['/', '{', '}', '*', ':']) {
+                    return Err(format!("invalid verb {verb:?}"));
+                }
+                (&rest[..i], Some(verb.to_owned()))
+            }
+            None => (rest, None),
+        };
+        let mut segments = Vec::new();
+        let mut variables = Vec::new();
+        for part in split_outside_braces(path) {
+            if let Some(inner) = part.strip_prefix('{') {
+                let inner = inner
+                    .strip_suffix('}')
+                    .ok_or_else(|| format!("bad variable {part:?}"))?;
+                let (name, pattern) = inner.split_once('=').unwrap_or((inner, "*"));
+                let field_path: Vec<String> = name.split('.').map(str::to_owned).collect();
+                if field_path.iter().any(|f| !is_ident(f)) {
+                    return Err(format!("bad field path {name:?}"));
+                }
+                let start = segments.len();
+                for sub in pattern.split('/') {
+                    if sub.contains(['{', '}']) {
+                        return Err("variables cannot nest".into());
+                    }
+                    segments.push(segment(sub)?);
+                }
+                variables.push(Variable {
+                    field_path,
+                    start,
+                    end: segments.len(),
+                });
+            } else {
+                segments.push(segment(part)?);
+            }
+        }
+        if let Some(i) = segments.iter().position(|s| *s == Segment::Rest)
+            && i + 1 != segments.len()
+        {
+            return Err("'**' must be the last segment".into());
+        }
+        for (i, v) in variables.iter().enumerate() {
+            if variables[..i].iter().any(|w| w.field_path == v.field_path) {
+                return Err(format!("variable {} appears twice", v.field_path.join(".")));
+            }
+        }
+        Ok(Self {
+            raw: template.to_owned(),
+            segments,
+            variables,
+            verb,
+        })
+    }
+
+    pub fn variables(&self) -> &[Variable] {
+        &self.variables
+    }
+
+    pub fn verb(&self) -> Option<&str> {
+        self.verb.as_deref()
+    }
+
+    /// The template with variable names erased, for conflict checks:
+    /// `/v1/{a}` and `/v1/{b}` are the same route.
+    pub fn canonical(&self) -> String {
+        let mut out = String::new();
+        for s in &self.segments {
+            out.push('/');
+            match s {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::One => out.push('*'),
+                Segment::Rest => out.push_str("**"),
+            }
+        }
+        if let Some(v) = &self.verb {
+            out.push(':');
+            out.push_str(v);
+        }
+        out
+    }
+
+    /// How specific the template is; among templates matching one path the
+    /// highest wins: a verb, then more literal segments, then no `**`.
+    pub fn specificity(&self) -> (bool, usize, bool) {
+        let literals = self
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count();
+        (
+            self.verb.is_some(),
+            literals,
+            !self.segments.contains(&Segment::Rest),
+        )
+    }
+
+    /// The path as OpenAPI writes it: each variable as `{field.path}`.
+    pub fn openapi_path(&self) -> String {
+        let mut out = String::new();
+        let mut i = 0;
+        while i < self.segments.len() {
+            out.push('/');
+            if let Some(v) = self.variables.iter().find(|v| v.start == i) {
+                out.push('{');
+                out.push_str(&v.field_path.join("."));
+                out.push('}');
+                i = v.end.max(i + 1);
+                continue;
+            }
+            match &self.segments[i] {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::One => out.push('*'),
+                Segment::Rest => out.push_str("**"),
+            }
+            i += 1;
+        }
+        if let Some(v) = &self.verb {
+            out.push(':');
+            out.push_str(v);
+        }
+        out
+    }
+
+    /// The pattern a variable's value must have, when it spans more than a
+    /// plain single segment (e.g. `shelves/[^/]+` for `{name=shelves/*}`).
+    pub fn variable_pattern(&self, variable: usize) -> Option<String> {
+        let v = &self.variables[variable];
+        let segs = &self.segments[v.start..v.end];
+        if segs == [Segment::One] {
+            return None;
+        }
+        let parts: Vec<String> = segs
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => regex_escape(l),
+                Segment::One => "[^/]+".to_owned(),
+                Segment::Rest => ".*".to_owned(),
+            })
+            .collect();
+        Some(format!("^{}$", parts.join("/")))
+    }
+
+    /// Matches a request path (as sent: percent-encoded, no query). On a
+    /// match returns the value of every variable, percent-decoded (a
+    /// multi-segment value keeps `%2F` so its `/` separators stay clear).
+    pub fn matches(&self, path: &str) -> Option<Vec<Captured>> {
+        let mut rest = path.strip_prefix('/')?;
+        if let Some(verb) = &self.verb {
+            rest = rest.strip_suffix(verb.as_str())?.strip_suffix(':')?;
+        }
+        let parts: Vec<&str> = rest.split('/').collect();
+        let has_rest = self.segments.last() == Some(&Segment::Rest);
+        let fixed = self.segments.len() - usize::from(has_rest);
+        if parts.len() < fixed || (!has_rest && parts.len() != fixed) {
+            return None;
+        }
+        for (segment, part) in self.segments[..fixed].iter().zip(&parts) {
+            match segment {
+                Segment::Literal(l) => {
+                    if decode(part, true)? != *l {
+                        return None;
+                    }
+                }
+                Segment::One => {
+                    if part.is_empty() {
+                        return None;
+                    }
+                }
+                Segment::Rest => unreachable!("'**' is last"),
+            }
+        }
+        let mut captured = Vec::with_capacity(self.variables.len());
+        for (i, v) in self.variables.iter().enumerate() {
+            let end = if v.end == self.segments.len() && has_rest {
+                parts.len()
+            } else {
+                v.end
+            };
+            let span = &parts[v.start..end];
+            let value = if span.len() == 1 && self.segments[v.start..v.end] == [Segment::One] {
+                decode(span[0], true)?
+            } else {
+                span.iter()
+                    .map(|p| decode(p, false))
+                    .collect::<Option<Vec<_>>>()?
+                    .join("/")
+            };
+            captured.push(Captured { variable: i, value });
+        }
+        Some(captured)
+    }
+}
+
+fn split_outside_braces(path: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (i, c) in path.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            '/' if depth == 0 => {
+                parts.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&path[start..]);
+    parts
+}
+
+fn segment(s: &str) -> Result<Segment, String> {
+    match s {
+        "*" => Ok(Segment::One),
+        "**" => Ok(Segment::Rest),
+        "" => Err("empty segment".into()),
+        lit if lit.contains(['*', '{', '}', ':', '=']) => Err(format!("bad segment {lit:?}")),
+        lit => Ok(Segment::Literal(lit.to_owned())),
+    }
+}
+
+fn is_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Percent-decodes one path segment; `all` false keeps `%2F` encoded.
+/// `None` for invalid UTF-8.
+fn decode(segment: &str, all: bool) -> Option<String> {
+    if all {
+        return percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned());
+    }
+    let pieces: Option<Vec<String>> = split_keep_slash(segment)
+        .into_iter()
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8()
+                .ok()
+                .map(|s| s.into_owned())
+        })
+        .collect();
+    Some(pieces?.join("%2F"))
+}
+
+fn split_keep_slash(segment: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let bytes = segment.as_bytes();
+    let mut i = 0;
+    while i + 3 <= bytes.len() {
+        if bytes[i] == b'%'
+            && bytes[i + 1] == b'2'
+            && (bytes[i + 2] == b'F' || bytes[i + 2] == b'f')
+        {
+            out.push(&segment[start..i]);
+            start = i + 3;
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(&segment[start..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(t: &PathTemplate, path: &str) -> Option<Vec<String>> {
+        t.matches(path)
+            .map(|c| c.into_iter().map(|c| c.value).collect())
+    }
+
+    #[test]
+    fn simple_variable() {
+        let t = PathTemplate::parse("/v1/orders/{order_id}").unwrap();
+        assert_eq!(vars(&t, "/v1/orders/abc"), Some(vec!["abc".into()]));
+        assert_eq!(vars(&t, "/v1/orders/a%20b"), Some(vec!["a b".into()]));
+        assert_eq!(vars(&t, "/v1/orders/a%2Fb"), Some(vec!["a/b".into()]));
+        assert_eq!(vars(&t, "/v1/orders/"), None);
+        assert_eq!(vars(&t, "/v1/orders"), None);
+        assert_eq!(vars(&t, "/v1/orders/a/b"), None);
+        assert_eq!(vars(&t, "/v2/orders/a"), None);
+        assert_eq!(t.openapi_path(), "/v1/orders/{order_id}");
+        assert_eq!(t.variable_pattern(0), None);
+    }
+
+    #[test]
+    fn verb_suffix() {
+        let t = PathTemplate::parse("/v1/accounts/{customer_id}:deposit").unwrap();
+        assert_eq!(t.verb(), Some("deposit"));
+        assert_eq!(
+            vars(&t, "/v1/accounts/alice:deposit"),
+            Some(vec!["alice".into()])
+        );
+        assert_eq!(vars(&t, "/v1/accounts/alice"), None);
+        assert_eq!(vars(&t, "/v1/accounts/alice:withdraw"), None);
+        assert_eq!(t.openapi_path(), "/v1/accounts/{customer_id}:deposit");
+        // Without a verb in the template a colon is part of the value.
+        let plain = PathTemplate::parse("/v1/accounts/{customer_id}").unwrap();
+        assert_eq!(vars(&plain, "/v1/accounts/a:b"), Some(vec!["a:b".into()]));
+        assert!(t.specificity() > plain.specificity());
+    }
+
+    #[test]
+    fn multi_segment_variables() {
+        let t = PathTemplate::parse("/v1/{name=shelves/*/books/*}").unwrap();
+        assert_eq!(
+            vars(&t, "/v1/shelves/s1/books/b%201"),
+            Some(vec!["shelves/s1/books/b 1".into()])
+        );
+        assert_eq!(vars(&t, "/v1/shelves/s1/books"), None);
+        assert_eq!(vars(&t, "/v1/shelves/s1/cds/b1"), None);
+        assert_eq!(t.openapi_path(), "/v1/{name}");
+        assert_eq!(
+            t.variable_pattern(0).as_deref(),
+            Some("^shelves/[^/]+/books/[^/]+$")
+        );
+
+        let t = PathTemplate::parse("/v1/{name=accounts/*}/orders/{order.id}").unwrap();
+        assert_eq!(
+            vars(&t, "/v1/accounts/a1/orders/o1"),
+            Some(vec!["accounts/a1".into(), "o1".into()])
+        );
+        assert_eq!(t.variables()[1].field_path, ["order", "id"]);
+    }
+
+    #[test]
+    fn wildcards() {
+        let t = PathTemplate::parse("/v1/files/{path=**}").unwrap();
+        assert_eq!(
+            vars(&t, "/v1/files/a/b/c.txt"),
+            Some(vec!["a/b/c.txt".into()])
+        );
+        assert_eq!(vars(&t, "/v1/files/a%2Fb/c"), Some(vec!["a%2Fb/c".into()]));
+        assert_eq!(vars(&t, "/v1/files/x"), Some(vec!["x".into()]));
+
+        let t = PathTemplate::parse("/v1/*/items/**:scan").unwrap();
+        assert!(t.variables().is_empty());
+        assert_eq!(vars(&t, "/v1/x/items/a/b:scan"), Some(vec![]));
+        assert_eq!(vars(&t, "/v1/x/items:scan"), Some(vec![]));
+        assert_eq!(vars(&t, "/v1/x/items/a/b"), None);
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for bad in [
+            "v1/orders",
+            "/v1/{id",
+            "/v1/id}",
+            "/v1/**/x",
+            "/v1/{a={b}}",
+            "/v1/{a}/{a}",
+            "/v1//x",
+            "/v1/x:",
+            "/v1/{1a}",
+        ] {
+            assert!(PathTemplate::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn canonical_ignores_variable_names() {
+        let a = PathTemplate::parse("/v1/{a}/x").unwrap();
+        let b = PathTemplate::parse("/v1/{b=*}/x").unwrap();
+        assert_eq!(a.canonical(), b.canonical());
+    }
+
+    #[test]
+    fn ordermesh_rules_are_read_from_the_descriptor_set() {
+        let pool = super::super::descriptor_pool().unwrap();
+        let services = vec![
+            "ordermesh.order.v1.OrderService".to_owned(),
+            "ordermesh.payment.v1.AccountService".to_owned(),
+        ];
+        let all = bindings(&pool, &services).unwrap();
+        let deposit = all
+            .iter()
+            .find(|b| b.method.name() == "Deposit")
+            .expect("Deposit has a rule");
+        assert_eq!(deposit.http_method, Method::POST);
+        assert_eq!(
+            deposit.template.to_string(),
+            "/v1/accounts/{customer_id}:deposit"
+        );
+        assert!(matches!(deposit.body, BodyMapping::Whole));
+        assert!(all.iter().any(|b| b.method.name() == "ListOrders"));
+        // Only the services asked for.
+        let orders_only = bindings(&pool, &services[..1]).unwrap();
+        assert!(
+            orders_only
+                .iter()
+                .all(|b| b.method.parent_service().name() == "OrderService")
+        );
+    }
+}

@@ -1,0 +1,479 @@
+//! REST/JSON for every RPC that has a `google.api.http` annotation,
+//! transcoded at run time from the descriptor set (grpc-gateway style), on
+//! the same port as gRPC, calling the gRPC service in-process.
+//!
+//! - [`http_rule`]: rules from the method options; path templates
+//!   (`{var}`, `{name=accounts/*}`, `*`, `**`, `:verb`) parsed and matched.
+//! - [`json`]: the request message from body, path and query; proto3 JSON
+//!   out.
+//! - `invoke`: the in-process gRPC call (frames in, frames and trailers out).
+//! - [`errors`]: `google.rpc.Status` bodies, gRPC code → HTTP status.
+//! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`.
+//! - [`docs`]: Swagger UI at `/docs`, bundled into the binary.
+//!
+//! [`with_rest`] puts it all on a server's router: it finds which services
+//! of the descriptor set the router serves, and answers every request that
+//! is not gRPC and matches no other route.
+
+pub mod docs;
+pub mod errors;
+pub mod http_rule;
+mod invoke;
+pub mod json;
+pub mod openapi;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use prost_reflect::{DescriptorError, DescriptorPool};
+use serde_json::Value;
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+
+use crate::config::{self, ConfigError, Env};
+pub use errors::RestError;
+pub use http_rule::{Binding, BodyMapping, PathTemplate};
+use invoke::Invoker;
+
+pub const ENV_MAX_BODY_BYTES: &str = "REST_MAX_BODY_BYTES";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Request headers passed on to the service as gRPC metadata (besides
+/// `grpc-metadata-<name>`, passed on as `<name>`).
+pub const FORWARDED_HEADERS: &[&str] =
+    &["authorization", "traceparent", "tracestate", "x-request-id"];
+/// The deadline header, in gRPC's `grpc-timeout` format (`100m`, `5S`).
+pub const TIMEOUT_HEADER: &str = "grpc-timeout";
+const METADATA_PREFIX: &str = "grpc-metadata-";
+/// How much earlier than `grpc-timeout` the gateway gives up (see
+/// `request_metadata`).
+const OUTER_TIMEOUT_MARGIN: Duration = Duration::from_millis(3);
+
+/// How the REST gateway behaves.
+#[derive(Debug, Clone)]
+pub struct RestConfig {
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl RestConfig {
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let max_body_bytes = config::parse(env, ENV_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES)?;
+        if max_body_bytes == 0 {
+            return Err(config::invalid(ENV_MAX_BODY_BYTES, 0, "must be at least 1"));
+        }
+        Ok(Self { max_body_bytes })
+    }
+}
+
+/// Why the gateway cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("decode the descriptor set: {0}")]
+    Descriptors(#[from] DescriptorError),
+    #[error("invalid google.api.http rule: {0}")]
+    Rule(#[from] http_rule::RuleError),
+}
+
+/// The ordermesh contracts plus `google.rpc` (status and error details, to
+/// render error details).
+pub fn descriptor_pool() -> Result<DescriptorPool, DescriptorError> {
+    let mut pool = DescriptorPool::decode(ordermesh_proto::FILE_DESCRIPTOR_SET)?;
+    pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)?;
+    Ok(pool)
+}
+
+/// Adds REST for the services `grpc` serves from the ordermesh descriptor
+/// set, plus `/openapi.json` and `/docs`, as `grpc`'s fallback.
+pub async fn with_rest(grpc: axum::Router, config: RestConfig) -> Result<axum::Router, BuildError> {
+    let pool = descriptor_pool()?;
+    let services = served_services(&pool, &grpc).await;
+    let gateway = Gateway::new(pool, &services, grpc.clone(), config)?;
+    tracing::info!(
+        services = ?services,
+        routes = gateway.bindings().len(),
+        "REST gateway ready"
+    );
+    Ok(gateway.attach(grpc))
+}
+
+/// The services of `pool` that `grpc` routes, found by asking it for a
+/// method no service has: a registered service answers that itself, an
+/// unknown one reaches the router's fallback.
+pub async fn served_services(pool: &DescriptorPool, grpc: &axum::Router) -> Vec<String> {
+    #[derive(Clone, Copy)]
+    struct Unrouted;
+    let probe = grpc.clone().fallback(|| async {
+        let mut response = StatusCode::NOT_FOUND.into_response();
+        response.extensions_mut().insert(Unrouted);
+        response
+    });
+    let mut served = Vec::new();
+    for service in pool.services() {
+        let request = Request::post(format!("/{}/ordermesh.rest.Probe", service.full_name()))
+            .header(CONTENT_TYPE, "application/grpc")
+            .body(Body::empty())
+            .expect("a valid probe request");
+        let Ok(response) = probe.clone().oneshot(request).await;
+        if response.extensions().get::<Unrouted>().is_none() {
+            served.push(service.full_name().to_owned());
+        }
+    }
+    served
+}
+
+/// The REST face of a set of gRPC services.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: DescriptorPool,
+    bindings: Vec<Binding>,
+    invoker: Invoker,
+    config: RestConfig,
+    openapi: Bytes,
+}
+
+impl Gateway {
+    /// REST for the `services` of `pool`, calling them through `grpc`.
+    pub fn new(
+        pool: DescriptorPool,
+        services: &[String],
+        grpc: axum::Router,
+        config: RestConfig,
+    ) -> Result<Self, BuildError> {
+        let bindings = http_rule::bindings(&pool, services)?;
+        let mut names: Vec<&str> = services
+            .iter()
+            .filter(|s| {
+                bindings
+                    .iter()
+                    .any(|b| b.method.parent_service().full_name() == *s)
+            })
+            .map(|s| s.rsplit('.').next().unwrap_or(s))
+            .collect();
+        names.sort_unstable();
+        let title = if names.is_empty() {
+            "ordermesh".to_owned()
+        } else {
+            format!("ordermesh {}", names.join(", "))
+        };
+        let document = openapi::document(&pool, &bindings, &title);
+        let openapi = Bytes::from(serde_json::to_vec_pretty(&document).expect("JSON serializes"));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                bindings,
+                invoker: Invoker::new(grpc),
+                config,
+                openapi,
+            }),
+        })
+    }
+
+    pub fn bindings(&self) -> &[Binding] {
+        &self.inner.bindings
+    }
+
+    /// The OpenAPI document served at `/openapi.json`.
+    pub fn openapi(&self) -> Value {
+        serde_json::from_slice(&self.inner.openapi).expect("the document is JSON")
+    }
+
+    /// `router` with this gateway answering whatever it does not route.
+    pub fn attach(self, router: axum::Router) -> axum::Router {
+        router.fallback(move |request: Request<Body>| {
+            let gateway = self.clone();
+            async move { gateway.handle(request).await }
+        })
+    }
+
+    /// Answers one HTTP request.
+    pub async fn handle(&self, request: Request<Body>) -> Response {
+        if is_grpc(request.headers()) {
+            // A gRPC call for a service this server does not have.
+            let (parts, ()) = tonic::Status::unimplemented("unknown service")
+                .into_http::<()>()
+                .into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
+        match self.route(request).await {
+            Ok(response) => response,
+            Err(err) => err.into_response(),
+        }
+    }
+
+    async fn route(&self, request: Request<Body>) -> Result<Response, RestError> {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        if method == Method::GET {
+            if path == "/openapi.json" {
+                let mut response = (StatusCode::OK, self.inner.openapi.clone()).into_response();
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                return Ok(response);
+            }
+            if let Some(response) = docs::page(&path) {
+                return Ok(response);
+            }
+        }
+
+        // The templates the path matches. A template with a `:verb` owns
+        // the paths ending in it: `/v1/accounts/a:deposit` is not also
+        // `GET /v1/accounts/{customer_id}` with the id `a:deposit`.
+        let mut matches: Vec<(&Binding, Vec<http_rule::Captured>)> = self
+            .inner
+            .bindings
+            .iter()
+            .filter_map(|b| b.template.matches(&path).map(|c| (b, c)))
+            .collect();
+        if matches.iter().any(|(b, _)| b.template.verb().is_some()) {
+            matches.retain(|(b, _)| b.template.verb().is_some());
+        }
+        let mut allowed: Vec<Method> = Vec::new();
+        for (b, _) in &matches {
+            if !allowed.contains(&b.http_method) {
+                allowed.push(b.http_method.clone());
+            }
+        }
+        // The most specific template for the method; the first on a tie.
+        let best = matches
+            .into_iter()
+            .rev()
+            .filter(|(b, _)| b.http_method == method)
+            .max_by_key(|(b, _)| b.template.specificity());
+        let Some((binding, captured)) = best else {
+            if path == "/openapi.json" || docs::page(&path).is_some() {
+                allowed.push(Method::GET);
+            }
+            if allowed.is_empty() {
+                return Err(RestError::not_found(&method, &path));
+            }
+            return Err(RestError::method_not_allowed(&method, &path, &allowed));
+        };
+
+        let (parts, body) = request.into_parts();
+        let limit = self.inner.config.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(RestError::payload_too_large(limit));
+        }
+        let body = http_body_util::Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    RestError::payload_too_large(limit)
+                } else {
+                    RestError::bad_request(format!("cannot read the request body: {e}"))
+                }
+            })?
+            .to_bytes();
+
+        let message = json::request_message(binding, &captured, parts.uri.query(), &body)?;
+        let (metadata, deadline) = request_metadata(&parts.headers)?;
+        let pool = &self.inner.pool;
+        let invoker = &self.inner.invoker;
+
+        if binding.method.is_server_streaming() {
+            let (headers, mut frames) = invoker
+                .server_streaming(&binding.method, &message, metadata, deadline)
+                .await
+                .map_err(|s| RestError::from_status(&s, pool))?;
+            // Wait for the first message, so a call that fails at once gets
+            // its own HTTP status rather than a 200 with an error line.
+            let first = match frames.next_message().await {
+                Some(Ok(m)) => m,
+                Some(Err(s)) => return Err(RestError::from_status(&s, pool)),
+                None => {
+                    frames
+                        .finish()
+                        .map_err(|s| RestError::from_status(&s, pool))?;
+                    return Ok(ndjson(Body::empty(), headers));
+                }
+            };
+            let binding = binding.clone();
+            let pool = pool.clone();
+            let lines = futures::stream::once(async { Ok(first) })
+                .chain(frames.into_stream())
+                .map(move |item| {
+                    let rendered = item
+                        .map_err(|s| RestError::from_status(&s, &pool))
+                        .and_then(|m| json::response_json(&binding, &m));
+                    let (key, body) = match rendered {
+                        Ok(result) => (&b"{\"result\":"[..], result),
+                        Err(err) => (&b"{\"error\":"[..], err.body_bytes()),
+                    };
+                    let mut line = Vec::with_capacity(key.len() + body.len() + 2);
+                    line.extend_from_slice(key);
+                    line.extend_from_slice(&body);
+                    line.extend_from_slice(b"}\n");
+                    Ok::<_, std::convert::Infallible>(Bytes::from(line))
+                });
+            return Ok(ndjson(Body::from_stream(lines), headers));
+        }
+
+        let answer = invoker
+            .unary(&binding.method, &message, metadata, deadline)
+            .await
+            .map_err(|s| RestError::from_status(&s, pool))?;
+        let body = json::response_json(binding, &answer.message)?;
+        let mut response = (StatusCode::OK, body).into_response();
+        response.headers_mut().extend(answer.metadata);
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(response)
+    }
+}
+
+/// A streaming answer: newline-delimited JSON with the response metadata.
+fn ndjson(body: Body, metadata: HeaderMap) -> Response {
+    let mut response = Response::new(body);
+    response.headers_mut().extend(metadata);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The gRPC metadata and deadline a REST request carries.
+fn request_metadata(headers: &HeaderMap) -> Result<(HeaderMap, Option<Instant>), RestError> {
+    let mut metadata = HeaderMap::new();
+    for (name, value) in headers {
+        if FORWARDED_HEADERS.contains(&name.as_str()) {
+            metadata.append(name.clone(), value.clone());
+        } else if let Some(key) = name.as_str().strip_prefix(METADATA_PREFIX) {
+            if key.is_empty() || key.starts_with("grpc-") || key == "content-type" || key == "te" {
+                continue;
+            }
+            if let Ok(key) = HeaderName::from_bytes(key.as_bytes()) {
+                metadata.append(key, value.clone());
+            }
+        }
+    }
+    let deadline = match headers.get(TIMEOUT_HEADER) {
+        None => None,
+        Some(value) => {
+            let timeout = value
+                .to_str()
+                .ok()
+                .and_then(parse_grpc_timeout)
+                .ok_or_else(|| {
+                    RestError::bad_field(
+                        TIMEOUT_HEADER,
+                        "expected 1 to 8 digits and a unit: H, M, S, m (ms), u (µs) or n (ns)",
+                    )
+                })?;
+            // tonic's server enforces the same header around the whole
+            // request and would answer in gRPC form; ending a little earlier
+            // lets the JSON 504 win.
+            Some(Instant::now() + timeout.saturating_sub(OUTER_TIMEOUT_MARGIN))
+        }
+    };
+    Ok((metadata, deadline))
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit.
+pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "100", "123456789m", "1.5S", "-1S", "10x"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn body_limit_from_env() {
+        let env = |v: &str| {
+            std::collections::HashMap::from([(ENV_MAX_BODY_BYTES.to_owned(), v.to_owned())])
+        };
+        assert_eq!(
+            RestConfig::from_env(&env("")).unwrap().max_body_bytes,
+            4 * 1024 * 1024
+        );
+        assert_eq!(
+            RestConfig::from_env(&env("1024")).unwrap().max_body_bytes,
+            1024
+        );
+        for bad in ["0", "-1", "lots"] {
+            let err = RestConfig::from_env(&env(bad)).unwrap_err();
+            assert_eq!(err.name, ENV_MAX_BODY_BYTES);
+        }
+    }
+
+    #[test]
+    fn metadata_from_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        headers.insert("x-request-id", HeaderValue::from_static("r1"));
+        headers.insert("grpc-metadata-tenant", HeaderValue::from_static("acme"));
+        headers.insert("grpc-metadata-grpc-status", HeaderValue::from_static("0"));
+        headers.insert("cookie", HeaderValue::from_static("secret"));
+        headers.insert("grpc-timeout", HeaderValue::from_static("2S"));
+        let (metadata, deadline) = request_metadata(&headers).unwrap();
+        assert_eq!(metadata["authorization"], "Bearer t");
+        assert_eq!(metadata["x-request-id"], "r1");
+        assert_eq!(metadata["tenant"], "acme");
+        assert!(!metadata.contains_key("cookie"));
+        assert!(!metadata.contains_key("grpc-status"));
+        assert!(deadline.is_some());
+        headers.insert("grpc-timeout", HeaderValue::from_static("soon"));
+        let err = request_metadata(&headers).unwrap_err();
+        assert_eq!(err.http, StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("grpc-timeout"));
+    }
+}
