@@ -6,9 +6,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use ordermesh_platform::page_token;
 use ordermesh_proto::order::v1 as pb;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,6 +24,8 @@ pub const DEFAULT_CURRENCY: &str = "USD";
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Larger page sizes are lowered to this.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Longest cancellation reason, in characters.
+pub const MAX_CANCEL_REASON_LEN: usize = 256;
 
 /// A request field that cannot be accepted, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,6 +236,13 @@ impl OrderStatus {
         }
     }
 
+    /// PAID, FAILED and CANCELLED: the order has been decided. (A PAID order
+    /// can still be cancelled, and a cancelled one refunded, but no payment
+    /// decision will move it again.)
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending)
+    }
+
     /// The status a list filter asks for; `None` for UNSPECIFIED (any).
     pub fn from_filter(value: i32) -> Result<Option<Self>, ValidationError> {
         match pb::OrderStatus::try_from(value) {
@@ -283,6 +291,10 @@ pub struct Order {
     pub total_minor: i64,
     pub status: OrderStatus,
     pub failure_reason: Option<String>,
+    /// The caller's reason, when the order was cancelled.
+    pub cancel_reason: Option<String>,
+    /// Given back after a charged order was cancelled; 0 otherwise.
+    pub refunded_minor: i64,
     /// Incremented on every state change.
     pub version: i64,
     pub create_time: DateTime<Utc>,
@@ -299,47 +311,28 @@ pub struct ListFilter {
     pub status: Option<OrderStatus>,
 }
 
-/// Version byte of the page token layout: version, tag (8 bytes), seq (8).
-const PAGE_TOKEN_V1: u8 = 1;
-const PAGE_TOKEN_LEN: usize = 1 + 8 + 8;
+/// What a `ListOrders` page token is bound to, besides the filter.
+const PAGE_TOKEN_SCOPE: &str = "ordermesh.order.v1.ListOrders/page_token/v1";
 
 impl ListFilter {
-    /// Binds a cursor to this filter: a token is refused with other filters,
-    /// and an edited token no longer matches its tag. This catches mistakes,
-    /// not attackers; a token grants nothing a new request could not.
-    fn tag(&self, seq: i64) -> [u8; 8] {
-        let mut h = Sha256::new();
-        put_str(&mut h, "ordermesh.order.v1.ListOrders/page_token/v1");
-        put_str(&mut h, self.customer_id.as_deref().unwrap_or(""));
-        put_str(&mut h, self.status.map_or("", OrderStatus::as_str));
-        h.update(seq.to_be_bytes());
-        let digest = h.finalize();
-        let mut tag = [0u8; 8];
-        tag.copy_from_slice(&digest[..8]);
-        tag
+    /// A token is refused with other filters (see `platform::page_token`).
+    fn token_scope(&self) -> [&str; 3] {
+        [
+            PAGE_TOKEN_SCOPE,
+            self.customer_id.as_deref().unwrap_or(""),
+            self.status.map_or("", OrderStatus::as_str),
+        ]
     }
 
     /// The opaque token for the page after the order at `seq`.
     pub fn page_token(&self, seq: i64) -> String {
-        let mut bytes = Vec::with_capacity(PAGE_TOKEN_LEN);
-        bytes.push(PAGE_TOKEN_V1);
-        bytes.extend_from_slice(&self.tag(seq));
-        bytes.extend_from_slice(&seq.to_be_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
+        page_token::encode(&self.token_scope(), seq)
     }
 
     /// The `seq` a token of this filter points after.
     fn parse_page_token(&self, token: &str) -> Result<i64, ValidationError> {
-        let bad = || invalid("page_token", "not a page token of this query");
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-        if bytes.len() != PAGE_TOKEN_LEN || bytes[0] != PAGE_TOKEN_V1 {
-            return Err(bad());
-        }
-        let seq = i64::from_be_bytes(bytes[9..17].try_into().expect("8 bytes"));
-        if bytes[1..9] != self.tag(seq) {
-            return Err(bad());
-        }
-        Ok(seq)
+        page_token::decode(&self.token_scope(), token)
+            .ok_or_else(|| invalid("page_token", "not a page token of this query"))
     }
 }
 
@@ -378,6 +371,60 @@ impl TryFrom<pb::ListOrdersRequest> for ListQuery {
             before_seq,
         })
     }
+}
+
+/// A validated `CancelOrder` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub order_id: String,
+    /// Empty when the caller gave none.
+    pub reason: String,
+}
+
+impl TryFrom<pb::CancelOrderRequest> for CancelRequest {
+    type Error = ValidationError;
+
+    fn try_from(req: pb::CancelOrderRequest) -> Result<Self, Self::Error> {
+        check_order_id("order_id", &req.order_id)?;
+        if req.reason.chars().count() > MAX_CANCEL_REASON_LEN {
+            return Err(invalid(
+                "reason",
+                format!("must be at most {MAX_CANCEL_REASON_LEN} characters"),
+            ));
+        }
+        if req.reason.chars().any(char::is_control) {
+            return Err(invalid("reason", "must not contain control characters"));
+        }
+        Ok(Self {
+            order_id: req.order_id,
+            reason: req.reason.trim().to_owned(),
+        })
+    }
+}
+
+/// What the processor reports about an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentEvent {
+    /// The payment decision (`payment.succeeded` / `payment.failed`).
+    Decided(PaymentResult),
+    /// The debit of a cancelled order was given back (`payment.refunded`).
+    Refunded(Refund),
+}
+
+impl PaymentEvent {
+    pub fn order_id(&self) -> &str {
+        match self {
+            Self::Decided(r) => &r.order_id,
+            Self::Refunded(r) => &r.order_id,
+        }
+    }
+}
+
+/// A refund the processor made for a cancelled order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub order_id: String,
+    pub amount_minor: i64,
 }
 
 /// The decision a payment result carries for one order.

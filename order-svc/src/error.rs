@@ -13,6 +13,9 @@ pub enum Error {
     /// The order id is taken by an order with other content.
     #[error("order {0} already exists with different content")]
     AlreadyExists(String),
+    /// The order is in a state that does not allow the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// No database connection could be had in time; worth retrying.
     #[error("database unavailable: {0:#}")]
     Unavailable(anyhow::Error),

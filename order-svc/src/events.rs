@@ -1,16 +1,21 @@
 //! The events order-svc exchanges over RabbitMQ, as domain values: the
-//! `order.created` outbox event it writes, and the payment results it reads
-//! (decoded by routing key; anything else is refused).
+//! `order.created` and `order.cancelled` outbox events it writes, and the
+//! payment results and refunds it reads (decoded by routing key; anything
+//! else is refused).
 
 use ordermesh_platform::outbox::OutboxEvent;
 use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1 as pb;
 use prost::{Message as _, Name};
 
-use crate::domain::{NewOrder, PaymentOutcome, PaymentResult};
+use crate::domain::{NewOrder, Order, PaymentEvent, PaymentOutcome, PaymentResult, Refund};
 
-/// Routing keys of the results the order queue is bound to.
-pub const PAYMENT_RESULT_KEYS: [&str; 2] = [events::PAYMENT_SUCCEEDED, events::PAYMENT_FAILED];
+/// Routing keys of the processor's answers the order queue is bound to.
+pub const PAYMENT_RESULT_KEYS: [&str; 3] = [
+    events::PAYMENT_SUCCEEDED,
+    events::PAYMENT_FAILED,
+    events::PAYMENT_REFUNDED,
+];
 
 /// Stored when a `payment.failed` event gives no reason.
 const UNSPECIFIED_FAILURE: &str = "payment failed";
@@ -35,13 +40,24 @@ pub fn order_created(order: &NewOrder) -> OutboxEvent {
     OutboxEvent::protobuf(&order.order_id, events::ORDER_CREATED, &message)
 }
 
-/// Decodes a payment result. `event_type`, when set, must agree with the
-/// routing key. The error says why the message can never be applied.
-pub fn decode_payment_result(
+/// The `order.cancelled` outbox event of an order just cancelled.
+pub fn order_cancelled(order: &Order) -> OutboxEvent {
+    let message = events::OrderCancelled {
+        order_id: order.order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        reason: order.cancel_reason.clone().unwrap_or_default(),
+    };
+    OutboxEvent::protobuf(&order.order_id, events::ORDER_CANCELLED, &message)
+}
+
+/// Decodes what the processor reports: a payment result or a refund.
+/// `event_type`, when set, must agree with the routing key. The error says
+/// why the message can never be applied.
+pub fn decode_payment_event(
     routing_key: &str,
     event_type: &str,
     payload: &[u8],
-) -> Result<PaymentResult, String> {
+) -> Result<PaymentEvent, String> {
     fn check_type<M: Name>(event_type: &str) -> Result<(), String> {
         let expected = M::full_name();
         if event_type.is_empty() || event_type == expected {
@@ -51,15 +67,15 @@ pub fn decode_payment_result(
         }
     }
 
-    let result = match routing_key {
+    let event = match routing_key {
         events::PAYMENT_SUCCEEDED => {
             check_type::<events::PaymentSucceeded>(event_type)?;
             let m = events::PaymentSucceeded::decode(payload)
                 .map_err(|e| format!("undecodable PaymentSucceeded: {e}"))?;
-            PaymentResult {
+            PaymentEvent::Decided(PaymentResult {
                 order_id: m.order_id,
                 outcome: PaymentOutcome::Succeeded,
-            }
+            })
         }
         events::PAYMENT_FAILED => {
             check_type::<events::PaymentFailed>(event_type)?;
@@ -70,22 +86,70 @@ pub fn decode_payment_result(
             } else {
                 m.reason
             };
-            PaymentResult {
+            PaymentEvent::Decided(PaymentResult {
                 order_id: m.order_id,
                 outcome: PaymentOutcome::Failed { reason },
+            })
+        }
+        events::PAYMENT_REFUNDED => {
+            check_type::<events::PaymentRefunded>(event_type)?;
+            let m = events::PaymentRefunded::decode(payload)
+                .map_err(|e| format!("undecodable PaymentRefunded: {e}"))?;
+            if m.amount_minor <= 0 {
+                return Err(format!("refund of {} is not positive", m.amount_minor));
             }
+            PaymentEvent::Refunded(Refund {
+                order_id: m.order_id,
+                amount_minor: m.amount_minor,
+            })
         }
         other => return Err(format!("unexpected routing key {other:?}")),
     };
-    if result.order_id.is_empty() {
+    if event.order_id().is_empty() {
         return Err("the event names no order".into());
     }
-    Ok(result)
+    Ok(event)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decided(event: PaymentEvent) -> PaymentResult {
+        match event {
+            PaymentEvent::Decided(r) => r,
+            other => panic!("not a payment decision: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refunds_decode_and_must_be_positive() {
+        let refund = |amount_minor| {
+            events::PaymentRefunded {
+                order_id: "o".into(),
+                amount_minor,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let event = decode_payment_event("payment.refunded", "", &refund(500)).unwrap();
+        assert_eq!(
+            event,
+            PaymentEvent::Refunded(Refund {
+                order_id: "o".into(),
+                amount_minor: 500
+            })
+        );
+        assert!(decode_payment_event("payment.refunded", "", &refund(0)).is_err());
+        assert!(
+            decode_payment_event(
+                "payment.refunded",
+                "ordermesh.events.v1.PaymentSucceeded",
+                &refund(5)
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn order_created_carries_the_computed_total() {
@@ -116,7 +180,7 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        let r = decode_payment_result("payment.succeeded", "", &ok).unwrap();
+        let r = decided(decode_payment_event("payment.succeeded", "", &ok).unwrap());
         assert_eq!(r.outcome, PaymentOutcome::Succeeded);
 
         let failed = events::PaymentFailed {
@@ -125,12 +189,14 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        let r = decode_payment_result(
-            "payment.failed",
-            "ordermesh.events.v1.PaymentFailed",
-            &failed,
-        )
-        .unwrap();
+        let r = decided(
+            decode_payment_event(
+                "payment.failed",
+                "ordermesh.events.v1.PaymentFailed",
+                &failed,
+            )
+            .unwrap(),
+        );
         assert_eq!(
             r.outcome,
             PaymentOutcome::Failed {
@@ -146,18 +212,18 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        assert!(decode_payment_result("order.created", "", &ok).is_err());
+        assert!(decode_payment_event("order.created", "", &ok).is_err());
         assert!(
-            decode_payment_result(
+            decode_payment_event(
                 "payment.succeeded",
                 "ordermesh.events.v1.PaymentFailed",
                 &ok
             )
             .is_err()
         );
-        assert!(decode_payment_result("payment.succeeded", "", &[0xff, 0xff, 0xff]).is_err());
+        assert!(decode_payment_event("payment.succeeded", "", &[0xff, 0xff, 0xff]).is_err());
         let no_order = events::PaymentSucceeded::default().encode_to_vec();
-        assert!(decode_payment_result("payment.succeeded", "", &no_order).is_err());
+        assert!(decode_payment_event("payment.succeeded", "", &no_order).is_err());
     }
 
     #[test]
@@ -167,7 +233,7 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        let r = decode_payment_result("payment.failed", "", &failed).unwrap();
+        let r = decided(decode_payment_event("payment.failed", "", &failed).unwrap());
         assert_eq!(r.outcome.failure_reason(), Some(UNSPECIFIED_FAILURE));
     }
 }

@@ -7,20 +7,25 @@ use ordermesh_proto::order::v1 as pb;
 use pb::order_service_server::OrderService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{ListQuery, NewOrder, Order, OrderItem, OrderStatus, check_order_id};
+use crate::domain::{
+    CancelRequest, ListQuery, NewOrder, Order, OrderItem, OrderStatus, check_order_id,
+};
 use crate::error::Error;
 use crate::events;
 use crate::store::{Created, Store};
+use crate::watch::{WatchHub, WatchStream};
 
 /// The gRPC face of the order service.
 #[derive(Clone)]
 pub struct OrderApi {
     store: Store,
+    /// The process's one LISTEN connection, shared by every WatchOrder.
+    watch: WatchHub,
 }
 
 impl OrderApi {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, watch: WatchHub) -> Self {
+        Self { store, watch }
     }
 
     /// The tonic server for this service.
@@ -79,6 +84,48 @@ impl OrderService for OrderApi {
             next_page_token,
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let request = CancelRequest::try_from(request.into_inner()).map_err(Error::from)?;
+        let order = self
+            .store
+            .cancel_order(&request, events::order_cancelled)
+            .await?;
+        tracing::info!(order_id = %order.order_id, version = order.version, "order cancelled");
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(order.into()),
+        }))
+    }
+
+    type WatchOrderStream = WatchStream;
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn watch_order(
+        &self,
+        request: Request<pb::WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let deadline = deadline(&request);
+        let order_id = request.into_inner().order_id;
+        check_order_id("order_id", &order_id).map_err(Error::from)?;
+        let stream = self
+            .watch
+            .open(self.store.clone(), order_id, deadline)
+            .await?;
+        Ok(Response::new(stream))
+    }
+}
+
+/// When the caller's `grpc-timeout` runs out. tonic enforces it only until
+/// the response starts, so a stream has to end itself. An unreadable value
+/// is ignored, as tonic ignores it.
+fn deadline<T>(request: &Request<T>) -> Option<tokio::time::Instant> {
+    let timeout = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let timeout = ordermesh_platform::rest::parse_grpc_timeout(timeout)?;
+    tokio::time::Instant::now().checked_add(timeout)
 }
 
 impl From<Error> for Status {
@@ -86,6 +133,7 @@ impl From<Error> for Status {
         match error {
             Error::Invalid(v) => invalid_field(&v.field, v.reason),
             Error::NotFound(id) => Status::not_found(format!("order {id} not found")),
+            Error::FailedPrecondition(why) => Status::failed_precondition(why),
             Error::AlreadyExists(id) => {
                 Status::already_exists(format!("order {id} already exists with different content"))
             }
@@ -111,6 +159,8 @@ impl From<Order> for pb::Order {
             total_minor: o.total_minor,
             status: pb::OrderStatus::from(o.status).into(),
             failure_reason: o.failure_reason.unwrap_or_default(),
+            cancel_reason: o.cancel_reason.unwrap_or_default(),
+            refunded_minor: o.refunded_minor,
             version: o.version,
             create_time: Some(timestamp(o.create_time)),
             update_time: Some(timestamp(o.update_time)),

@@ -5,8 +5,9 @@
 //!
 //! Layout: [`domain`] (types and validation), [`store`] (all SQL),
 //! [`grpc`] (handlers), [`events`] (event codec), [`consumer`] (payment
-//! results), [`error`]. This file holds the configuration and [`run`], which
-//! `main.rs` and the integration tests both call.
+//! results), [`watch`] (WatchOrder's LISTEN fan-out), [`error`]. This file
+//! holds the configuration and [`run`], which `main.rs` and the integration
+//! tests both call.
 
 pub mod consumer;
 pub mod domain;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod store;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -144,10 +146,11 @@ pub async fn run(
     .context("prepare the database")?;
     let store = store::Store::new(pool.clone());
     let expiry_pool = pool.clone();
+    let watch_hub = watch::WatchHub::new(&config.database, shutdown.clone());
 
     let (health_reporter, health) = ordermesh_platform::grpc::health(SERVICE_NAME).await;
-    // Ready (gRPC health SERVING, /readyz 200) while the database answers
-    // and the consumer is connected.
+    // Ready (gRPC health SERVING, /readyz 200) while the database answers,
+    // the consumer is connected and WatchOrder's LISTEN connection is up.
     let readiness = Readiness::with_grpc(health_reporter, &[SERVICE_NAME]).await;
     let consumer_status = ConsumerStatus::new(&config.queue);
     let probes = vec![
@@ -156,9 +159,13 @@ pub async fn run(
             pool,
         },
         Probe::Consumer(consumer_status.clone()),
+        Probe::Flag {
+            name: "order watch LISTEN connection".to_owned(),
+            up: watch_hub.connected(),
+        },
     ];
     let routes = tonic::service::Routes::new(health)
-        .add_service(grpc::OrderApi::new(store.clone()).into_server());
+        .add_service(grpc::OrderApi::new(store.clone(), watch_hub.clone()).into_server());
     // /healthz, /readyz and /metrics on the gRPC port.
     let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness);
 
@@ -171,6 +178,7 @@ pub async fn run(
         "readiness",
         ordermesh_platform::health::watch(readiness, probes, shutdown.clone()),
     );
+    tasks.spawn("order watch", watch_hub.run());
     tasks.spawn(
         "inbox expiry",
         ordermesh_platform::inbox::run_expiry(
@@ -212,7 +220,10 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.broker.exchange, "ordermesh.events");
         let spec = c.consumer_config().queue;
-        assert_eq!(spec.routing_keys, ["payment.succeeded", "payment.failed"]);
+        assert_eq!(
+            spec.routing_keys,
+            ["payment.succeeded", "payment.failed", "payment.refunded"]
+        );
     }
 
     #[test]

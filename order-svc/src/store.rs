@@ -5,10 +5,13 @@
 use anyhow::Context;
 use deadpool_postgres::{Object, Pool};
 use ordermesh_platform::{inbox, outbox};
+use ordermesh_proto::events::v1::ORDER_CREATED;
 use tokio_postgres::Row;
 use tokio_postgres::types::Json;
 
-use crate::domain::{ListQuery, NewOrder, Order, OrderItem, OrderStatus, PaymentResult};
+use crate::domain::{
+    CancelRequest, ListQuery, NewOrder, Order, OrderItem, OrderStatus, PaymentResult, Refund,
+};
 use crate::error::Error;
 
 /// Name under which the payment consumer records applied message ids.
@@ -43,6 +46,19 @@ pub struct Page {
     pub orders: Vec<Order>,
     /// Whether older orders match the filter.
     pub more: bool,
+}
+
+/// What `apply_refund` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundApplied {
+    /// The refund is recorded on the order; this is its new version.
+    Recorded { version: i64 },
+    /// The message id was applied before.
+    Duplicate,
+    /// A refund is recorded already (another message of the same refund).
+    AlreadyRecorded,
+    /// The order is not CANCELLED (or unknown), so no refund belongs to it.
+    NotCancelled(Option<OrderStatus>),
 }
 
 /// What `apply_payment_result` did.
@@ -91,7 +107,8 @@ impl Store {
                    VALUES ($1, $2, $3, $4, $5, 'PENDING', 1, $6)
                    ON CONFLICT (order_id) DO NOTHING
                    RETURNING order_id, seq, customer_id, currency_code, items, total_minor,
-                             status, failure_reason, version, create_time, update_time"#,
+                             status, failure_reason, version, create_time, update_time,
+                             cancel_reason, refunded_minor"#,
             )
             .await
             .context("prepare the order insert")?;
@@ -121,6 +138,7 @@ impl Store {
             .query_one(
                 r#"SELECT order_id, seq, customer_id, currency_code, items, total_minor,
                           status, failure_reason, version, create_time, update_time,
+                          cancel_reason, refunded_minor,
                           request_fingerprint
                    FROM orders WHERE order_id = $1"#,
                 &[&order.order_id],
@@ -143,7 +161,8 @@ impl Store {
         let row = client
             .query_opt(
                 r#"SELECT order_id, seq, customer_id, currency_code, items, total_minor,
-                          status, failure_reason, version, create_time, update_time
+                          status, failure_reason, version, create_time, update_time,
+                          cancel_reason, refunded_minor
                    FROM orders WHERE order_id = $1"#,
                 &[&order_id],
             )
@@ -166,7 +185,8 @@ impl Store {
         let rows = client
             .query(
                 r#"SELECT order_id, seq, customer_id, currency_code, items, total_minor,
-                          status, failure_reason, version, create_time, update_time
+                          status, failure_reason, version, create_time, update_time,
+                          cancel_reason, refunded_minor
                    FROM orders
                    WHERE ($1::text IS NULL OR customer_id = $1)
                      AND ($2::text IS NULL OR status = $2)
@@ -184,6 +204,122 @@ impl Store {
             .map(order_from_row)
             .collect::<Result<_, _>>()?;
         Ok(Page { orders, more })
+    }
+
+    /// Cancels a PENDING or PAID order in one transaction with the event
+    /// `cancelled_event` builds from it (an `order.cancelled` outbox row).
+    /// A PENDING order's `order.created` event still in the outbox is
+    /// withdrawn in the same transaction, so an order cancelled before the
+    /// relay carried it is never seen, let alone charged, by the processor
+    /// (which still gets `order.cancelled` and remembers it).
+    /// The row lock serialises concurrent cancels and payment results: the
+    /// first cancel wins, a later one finds CANCELLED and is refused like a
+    /// FAILED order is.
+    #[tracing::instrument(skip(self, cancelled_event), fields(order_id = %request.order_id))]
+    pub async fn cancel_order(
+        &self,
+        request: &CancelRequest,
+        cancelled_event: impl FnOnce(&Order) -> outbox::OutboxEvent,
+    ) -> Result<Order, Error> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin")?;
+        let current = tx
+            .query_opt(
+                r#"SELECT status FROM orders WHERE order_id = $1 FOR UPDATE"#,
+                &[&request.order_id],
+            )
+            .await
+            .context("lock the order")?
+            .ok_or_else(|| Error::NotFound(request.order_id.clone()))?;
+        let status = parse_status(&current)?;
+        if !matches!(status, OrderStatus::Pending | OrderStatus::Paid) {
+            return Err(Error::FailedPrecondition(format!(
+                "order {} is {status}; only PENDING or PAID orders can be cancelled",
+                request.order_id
+            )));
+        }
+        let reason = (!request.reason.is_empty()).then_some(request.reason.as_str());
+        let row = tx
+            .query_one(
+                r#"UPDATE orders
+                   SET status = 'CANCELLED', cancel_reason = $2, version = version + 1,
+                       update_time = now()
+                   WHERE order_id = $1
+                   RETURNING order_id, seq, customer_id, currency_code, items, total_minor,
+                             status, failure_reason, version, create_time, update_time,
+                             cancel_reason, refunded_minor"#,
+                &[&request.order_id, &reason],
+            )
+            .await
+            .context("cancel the order")?;
+        let order = order_from_row(&row)?;
+        if status == OrderStatus::Pending {
+            // Not relayed yet: the processor will never hear of the order.
+            let withdrawn = outbox::withdraw(&tx, &order.order_id, ORDER_CREATED)
+                .await
+                .context("withdraw the unpublished order.created event")?;
+            if withdrawn > 0 {
+                tracing::info!(order_id = %order.order_id, "withdrew the unpublished order.created event");
+            }
+        }
+        outbox::enqueue(&tx, &cancelled_event(&order))
+            .await
+            .context("enqueue the order.cancelled event")?;
+        tx.commit().await.context("commit the cancellation")?;
+        Ok(order)
+    }
+
+    /// Records the refund of a cancelled order delivered as `message_id`,
+    /// once: the inbox row and the update commit together, and only an
+    /// order without a recorded refund takes it.
+    #[tracing::instrument(skip(self, refund), fields(order_id = %refund.order_id))]
+    pub async fn apply_refund(
+        &self,
+        message_id: &str,
+        refund: &Refund,
+    ) -> Result<RefundApplied, Error> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin")?;
+        if !inbox::record(&tx, INBOX_CONSUMER, message_id)
+            .await
+            .context("record the message in the inbox")?
+        {
+            tx.commit().await.context("end the transaction")?;
+            return Ok(RefundApplied::Duplicate);
+        }
+        let updated = tx
+            .query_opt(
+                r#"UPDATE orders
+                   SET refunded_minor = $2, version = version + 1, update_time = now()
+                   WHERE order_id = $1 AND status = 'CANCELLED' AND refunded_minor = 0
+                   RETURNING version"#,
+                &[&refund.order_id, &refund.amount_minor],
+            )
+            .await
+            .context("record the refund")?;
+        let applied = match updated {
+            Some(row) => RefundApplied::Recorded {
+                version: row.try_get("version").context("read version")?,
+            },
+            None => {
+                let row = tx
+                    .query_opt(
+                        r#"SELECT status, refunded_minor FROM orders WHERE order_id = $1"#,
+                        &[&refund.order_id],
+                    )
+                    .await
+                    .context("read the order status")?;
+                match row {
+                    Some(row) => match parse_status(&row)? {
+                        OrderStatus::Cancelled => RefundApplied::AlreadyRecorded,
+                        other => RefundApplied::NotCancelled(Some(other)),
+                    },
+                    None => RefundApplied::NotCancelled(None),
+                }
+            }
+        };
+        tx.commit().await.context("commit the refund")?;
+        Ok(applied)
     }
 
     /// Applies a payment result delivered as `message_id`, once: the inbox
@@ -264,6 +400,8 @@ fn order_from_row(row: &Row) -> Result<Order, Error> {
             total_minor: row.try_get("total_minor")?,
             status: row.try_get::<_, &str>("status")?.parse()?,
             failure_reason: row.try_get("failure_reason")?,
+            cancel_reason: row.try_get("cancel_reason")?,
+            refunded_minor: row.try_get("refunded_minor")?,
             version: row.try_get("version")?,
             create_time: row.try_get("create_time")?,
             update_time: row.try_get("update_time")?,

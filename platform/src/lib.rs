@@ -21,6 +21,7 @@ pub mod inbox;
 pub mod metrics;
 pub mod observe;
 pub mod outbox;
+pub mod page_token;
 pub mod propagation;
 pub mod rest;
 pub mod shutdown;

@@ -102,3 +102,24 @@ pub async fn enqueue(
     .await?;
     Ok(())
 }
+
+/// Withdraws the events of `aggregate_id` under `routing_key` that are still
+/// in the outbox, in the caller's transaction, and returns how many. An
+/// event the relay has published is gone from the table already; one it is
+/// publishing right now is locked by its batch, so this waits for that
+/// batch and then finds nothing to delete: an event is either withdrawn
+/// unseen or published, never both.
+///
+/// No index serves this (the outbox is meant to be near empty, and an index
+/// would tax every insert), so keep it off hot paths.
+pub async fn withdraw(
+    tx: &deadpool_postgres::Transaction<'_>,
+    aggregate_id: &str,
+    routing_key: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        r#"DELETE FROM outbox WHERE aggregate_id = $1 AND routing_key = $2"#,
+        &[&aggregate_id, &routing_key],
+    )
+    .await
+}

@@ -1,58 +1,68 @@
-//! The `order.created` consumer: decodes the event into an [`Order`], lets
-//! the store settle it exactly once (inbox, rules, payment, outbox in one
-//! transaction) and answers with `payment.succeeded` or `payment.failed`.
-//! A message that can never be applied (undecodable, or data the database
-//! refuses) is poison and dead-lettered at once; any other database failure
-//! is transient and the message is requeued.
+//! The consumer of order events. Its queue is bound to `order.created` and
+//! `order.cancelled`; [`decode`] turns a message into an [`OrderEvent`] by
+//! its routing key, and the handler lets the store apply it exactly once
+//! (inbox, effect and outbox row in one transaction):
+//!
+//! - `order.created`: the rules decide, the store debits, and the answer is
+//!   `payment.succeeded` or `payment.failed`. An order cancelled before is
+//!   not charged and gets no answer.
+//! - `order.cancelled`: an order not charged yet never will be (a
+//!   tombstone); a paid one is refunded once and `payment.refunded` sent.
+//!
+//! The two events of one order may arrive in either order, or at once.
+//! A message that can never be applied (unknown routing key, undecodable,
+//! no order id, data the database refuses, a cancel naming another customer
+//! than the one charged) is poison and dead-lettered at once; any other
+//! database failure is transient and the message is requeued.
 
 use ordermesh_platform::amqp::{HandleError, Handler, Message};
 use ordermesh_platform::outbox::OutboxEvent;
 use ordermesh_proto::events::v1 as events;
-use prost::{Message as _, Name as _};
 
-use crate::rules::{Decision, Embargo, Item, Order};
-use crate::store::{Settlement, Store};
+use crate::Error;
+use crate::rules::{Cancellation, Decision, Embargo, Item, Order};
+use crate::store::{CancelOutcome, Refund, Settlement, Store};
 
 /// The inbox name of this consumer.
 pub const CONSUMER: &str = "processor-svc";
 
-/// Pays for new orders.
+/// What a message on the processor's queue asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderEvent {
+    /// `order.created`: pay for the order.
+    Created(Order),
+    /// `order.cancelled`: never charge it, or refund it.
+    Cancelled(Cancellation),
+}
+
+/// Pays for new orders and refunds cancelled ones.
 #[derive(Debug, Clone)]
-pub struct OrderCreatedHandler {
+pub struct OrderEventHandler {
     store: Store,
     embargo: Embargo,
 }
 
-impl OrderCreatedHandler {
+impl OrderEventHandler {
     pub fn new(store: Store, embargo: Embargo) -> Self {
         Self { store, embargo }
     }
-}
 
-impl Handler for OrderCreatedHandler {
-    // A child of the platform's consumer span (`<queue> process`), which
-    // carries the messaging attributes and continues the message's trace.
+    // The spans below are children of the platform's consumer span
+    // (`<queue> process`), which carries the messaging attributes and
+    // continues the message's trace.
     #[tracing::instrument(
         name = "settle order",
         skip_all,
-        fields(message_id = %message.id, order_id = tracing::field::Empty)
+        fields(message_id = %message_id, order_id = %order.order_id)
     )]
-    async fn handle(&self, message: Message) -> Result<(), HandleError> {
-        let order = decode(&message).map_err(HandleError::Poison)?;
-        tracing::Span::current().record("order_id", order.order_id.as_str());
+    async fn settle(&self, message_id: &str, order: Order) -> Result<(), HandleError> {
         let settlement = self
             .store
-            .settle_order(CONSUMER, &message.id, &order, &self.embargo, |decision| {
+            .settle_order(CONSUMER, message_id, &order, &self.embargo, |decision| {
                 outcome_event(&order, decision)
             })
             .await
-            .map_err(|e| {
-                if e.is_data_rejected() {
-                    HandleError::Poison(format!("the database rejects the event: {e}"))
-                } else {
-                    HandleError::Transient(e.into())
-                }
-            })?;
+            .map_err(store_error)?;
         match settlement {
             Settlement::Decided(Decision::Pay { amount_minor }) => {
                 tracing::info!(amount_minor, "payment succeeded");
@@ -64,43 +74,149 @@ impl Handler for OrderCreatedHandler {
             Settlement::AlreadySettled => {
                 tracing::info!("order already settled by another message; skipped");
             }
+            Settlement::Cancelled => {
+                tracing::info!("order was cancelled before it was charged; skipped");
+            }
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(
+        name = "cancel order",
+        skip_all,
+        fields(message_id = %message_id, order_id = %cancellation.order_id)
+    )]
+    async fn cancel(
+        &self,
+        message_id: &str,
+        cancellation: Cancellation,
+    ) -> Result<(), HandleError> {
+        let outcome = self
+            .store
+            .cancel_order(CONSUMER, message_id, &cancellation, refund_event)
+            .await
+            .map_err(store_error)?;
+        match outcome {
+            CancelOutcome::Refunded { amount_minor } => {
+                tracing::info!(
+                    amount_minor,
+                    reason = cancellation.reason,
+                    "payment refunded"
+                );
+            }
+            CancelOutcome::NeverCharged => {
+                tracing::info!(
+                    reason = cancellation.reason,
+                    "order cancelled before it was charged; it never will be"
+                );
+            }
+            CancelOutcome::Duplicate => tracing::info!("message already applied; skipped"),
+            CancelOutcome::AlreadyRefunded => {
+                tracing::info!("order already refunded by another message; skipped");
+            }
+            CancelOutcome::AlreadyCancelled => {
+                tracing::info!("order already cancelled by another message; skipped");
+            }
+            CancelOutcome::NothingToRefund => {
+                tracing::info!("order's payment had failed; nothing to refund");
+            }
+            CancelOutcome::CustomerMismatch {
+                charged_customer_id,
+            } => {
+                return Err(HandleError::Poison(format!(
+                    "the order was charged to customer {charged_customer_id:?}, \
+                     not {:?}",
+                    cancellation.customer_id
+                )));
+            }
         }
         Ok(())
     }
 }
 
-/// The order an `order.created` message carries, or why there is none.
-pub fn decode(message: &Message) -> Result<Order, String> {
-    if message.routing_key != events::ORDER_CREATED {
-        return Err(format!("unexpected routing key {:?}", message.routing_key));
+impl Handler for OrderEventHandler {
+    async fn handle(&self, message: Message) -> Result<(), HandleError> {
+        match decode(&message).map_err(HandleError::Poison)? {
+            OrderEvent::Created(order) => self.settle(&message.id, order).await,
+            OrderEvent::Cancelled(cancellation) => self.cancel(&message.id, cancellation).await,
+        }
     }
-    let expected = events::OrderCreated::full_name();
+}
+
+/// Data the database refuses is poison; any other failure may pass.
+fn store_error(e: Error) -> HandleError {
+    if e.is_data_rejected() {
+        HandleError::Poison(format!("the database rejects the event: {e}"))
+    } else {
+        HandleError::Transient(e.into())
+    }
+}
+
+/// The event a message carries, by its routing key, or why there is none.
+pub fn decode(message: &Message) -> Result<OrderEvent, String> {
+    match message.routing_key.as_str() {
+        events::ORDER_CREATED => {
+            let event: events::OrderCreated = decode_payload(message)?;
+            Ok(OrderEvent::Created(Order {
+                order_id: event.order_id,
+                customer_id: event.customer_id,
+                currency_code: event.currency_code,
+                items: event
+                    .items
+                    .into_iter()
+                    .map(|i| Item {
+                        sku: i.sku,
+                        quantity: i.quantity,
+                        unit_price_minor: i.unit_price_minor,
+                    })
+                    .collect(),
+                total_minor: event.total_minor,
+            }))
+        }
+        events::ORDER_CANCELLED => {
+            let event: events::OrderCancelled = decode_payload(message)?;
+            Ok(OrderEvent::Cancelled(Cancellation {
+                order_id: event.order_id,
+                customer_id: event.customer_id,
+                reason: event.reason,
+            }))
+        }
+        other => Err(format!("unexpected routing key {other:?}")),
+    }
+}
+
+/// Order events all carry an order id; `order_id` reads it.
+trait AboutOrder: prost::Name + Default {
+    fn order_id(&self) -> &str;
+}
+
+impl AboutOrder for events::OrderCreated {
+    fn order_id(&self) -> &str {
+        &self.order_id
+    }
+}
+
+impl AboutOrder for events::OrderCancelled {
+    fn order_id(&self) -> &str {
+        &self.order_id
+    }
+}
+
+/// The payload as `M`, checking the `type` property when there is one.
+fn decode_payload<M: AboutOrder>(message: &Message) -> Result<M, String> {
+    let expected = M::full_name();
     if !message.event_type.is_empty() && message.event_type != expected {
         return Err(format!(
             "unexpected type {:?}, want {expected}",
             message.event_type
         ));
     }
-    let event = events::OrderCreated::decode(message.payload.as_slice())
+    let event = M::decode(message.payload.as_slice())
         .map_err(|e| format!("undecodable {expected}: {e}"))?;
-    if event.order_id.is_empty() {
+    if event.order_id().is_empty() {
         return Err(format!("{expected} without order_id"));
     }
-    Ok(Order {
-        order_id: event.order_id,
-        customer_id: event.customer_id,
-        currency_code: event.currency_code,
-        items: event
-            .items
-            .into_iter()
-            .map(|i| Item {
-                sku: i.sku,
-                quantity: i.quantity,
-                unit_price_minor: i.unit_price_minor,
-            })
-            .collect(),
-        total_minor: event.total_minor,
-    })
+    Ok(event)
 }
 
 /// The `payment.succeeded` / `payment.failed` outbox row for a decision.
@@ -130,8 +246,25 @@ pub fn outcome_event(order: &Order, decision: &Decision) -> OutboxEvent {
     }
 }
 
+/// The `payment.refunded` outbox row for a refund, in the trace of the
+/// current span (the cancellation, under the consumer span).
+pub fn refund_event(refund: &Refund) -> OutboxEvent {
+    OutboxEvent::protobuf(
+        refund.order_id.clone(),
+        events::PAYMENT_REFUNDED,
+        &events::PaymentRefunded {
+            order_id: refund.order_id.clone(),
+            customer_id: refund.customer_id.clone(),
+            amount_minor: refund.amount_minor,
+            currency_code: refund.currency_code.clone(),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
 
     fn message(routing_key: &str, event_type: &str, payload: Vec<u8>) -> Message {
@@ -159,6 +292,21 @@ mod tests {
         }
     }
 
+    fn cancelled() -> events::OrderCancelled {
+        events::OrderCancelled {
+            order_id: "o-1".into(),
+            customer_id: "c-1".into(),
+            reason: "changed my mind".into(),
+        }
+    }
+
+    fn order(m: &Message) -> Order {
+        match decode(m).unwrap() {
+            OrderEvent::Created(order) => order,
+            other => panic!("expected an order, got {other:?}"),
+        }
+    }
+
     #[test]
     fn decodes_an_order_created_event() {
         let m = message(
@@ -166,10 +314,27 @@ mod tests {
             "ordermesh.events.v1.OrderCreated",
             created().encode_to_vec(),
         );
-        let order = decode(&m).unwrap();
+        let order = order(&m);
         assert_eq!(order.order_id, "o-1");
         assert_eq!(order.items[0].quantity, 2);
         assert_eq!(order.total_minor, 300);
+    }
+
+    #[test]
+    fn decodes_an_order_cancelled_event() {
+        let m = message(
+            events::ORDER_CANCELLED,
+            "ordermesh.events.v1.OrderCancelled",
+            cancelled().encode_to_vec(),
+        );
+        assert_eq!(
+            decode(&m).unwrap(),
+            OrderEvent::Cancelled(Cancellation {
+                order_id: "o-1".into(),
+                customer_id: "c-1".into(),
+                reason: "changed my mind".into(),
+            })
+        );
     }
 
     #[test]
@@ -192,9 +357,27 @@ mod tests {
     }
 
     #[test]
+    fn rejects_what_is_not_an_order_cancelled_event() {
+        let payload = cancelled().encode_to_vec();
+        // The routing key decides the type, so the `type` property must agree.
+        let m = message(
+            events::ORDER_CANCELLED,
+            "ordermesh.events.v1.OrderCreated",
+            payload,
+        );
+        assert!(decode(&m).unwrap_err().contains("unexpected type"));
+        let m = message(events::ORDER_CANCELLED, "", b"\xff\xff\xff".to_vec());
+        assert!(decode(&m).unwrap_err().contains("undecodable"));
+        let mut anonymous = cancelled();
+        anonymous.order_id.clear();
+        let m = message(events::ORDER_CANCELLED, "", anonymous.encode_to_vec());
+        assert!(decode(&m).unwrap_err().contains("order_id"));
+    }
+
+    #[test]
     fn outcome_events_carry_the_decision() {
         let m = message(events::ORDER_CREATED, "", created().encode_to_vec());
-        let order = decode(&m).unwrap();
+        let order = order(&m);
 
         let ok = outcome_event(&order, &Decision::Pay { amount_minor: 300 });
         assert_eq!(ok.routing_key, events::PAYMENT_SUCCEEDED);
@@ -215,5 +398,28 @@ mod tests {
         let body = events::PaymentFailed::decode(failed.payload.as_slice()).unwrap();
         assert_eq!(body.reason, "embargo: teapot");
         assert_eq!(body.customer_id, "c-1");
+    }
+
+    #[test]
+    fn refund_events_carry_the_refund() {
+        let event = refund_event(&Refund {
+            order_id: "o-1".into(),
+            customer_id: "c-1".into(),
+            amount_minor: 300,
+            currency_code: "USD".into(),
+        });
+        assert_eq!(event.routing_key, events::PAYMENT_REFUNDED);
+        assert_eq!(event.aggregate_id, "o-1");
+        assert_eq!(event.event_type, "ordermesh.events.v1.PaymentRefunded");
+        let body = events::PaymentRefunded::decode(event.payload.as_slice()).unwrap();
+        assert_eq!(
+            body,
+            events::PaymentRefunded {
+                order_id: "o-1".into(),
+                customer_id: "c-1".into(),
+                amount_minor: 300,
+                currency_code: "USD".into(),
+            }
+        );
     }
 }

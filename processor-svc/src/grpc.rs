@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Error;
 use crate::account::{Account, Deposit, NewAccount, parse_customer_id};
+use crate::ledger::{Transaction, TransactionKind, TransactionQuery};
 use crate::store::Store;
 
 /// The AccountService implementation.
@@ -62,6 +63,23 @@ impl pb::account_service_server::AccountService for AccountApi {
             account: Some(account.into()),
         }))
     }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let r = request.into_inner();
+        let query = TransactionQuery::parse(r.customer_id, r.page_size, &r.page_token)?;
+        let page = self.store.list_transactions(&query).await?;
+        let next_page_token = match page.transactions.last() {
+            Some(last) if page.more => query.page_token(last.seq),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions: page.transactions.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
 }
 
 impl From<Account> for pb::Account {
@@ -72,6 +90,26 @@ impl From<Account> for pb::Account {
             balance_minor: a.balance_minor,
             create_time: Some(timestamp(a.create_time)),
             update_time: Some(timestamp(a.update_time)),
+        }
+    }
+}
+
+impl From<Transaction> for pb::Transaction {
+    fn from(t: Transaction) -> Self {
+        let kind = match t.kind {
+            TransactionKind::Deposit => pb::TransactionKind::Deposit,
+            TransactionKind::Debit => pb::TransactionKind::Debit,
+            TransactionKind::Refund => pb::TransactionKind::Refund,
+        };
+        Self {
+            transaction_id: t.seq.to_string(),
+            customer_id: t.customer_id,
+            kind: kind.into(),
+            amount_minor: t.amount_minor,
+            balance_after_minor: t.balance_after_minor,
+            order_id: t.order_id.unwrap_or_default(),
+            deposit_id: t.deposit_id.unwrap_or_default(),
+            create_time: Some(timestamp(t.create_time)),
         }
     }
 }
@@ -127,6 +165,29 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::AlreadyExists);
         let s = Status::from(Error::BalanceOverflow);
         assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn transactions_map_to_the_wire() {
+        let t = Transaction {
+            seq: 42,
+            customer_id: "alice".into(),
+            kind: TransactionKind::Debit,
+            amount_minor: -300,
+            balance_after_minor: 700,
+            order_id: Some("o-1".into()),
+            deposit_id: None,
+            create_time: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let wire = pb::Transaction::from(t);
+        assert_eq!(wire.transaction_id, "42");
+        assert_eq!(wire.kind(), pb::TransactionKind::Debit);
+        assert_eq!((wire.amount_minor, wire.balance_after_minor), (-300, 700));
+        assert_eq!(
+            (wire.order_id.as_str(), wire.deposit_id.as_str()),
+            ("o-1", "")
+        );
+        assert_eq!(wire.create_time.unwrap().seconds, 1_700_000_000);
     }
 
     #[test]

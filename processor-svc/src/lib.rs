@@ -1,11 +1,16 @@
-//! processor-svc: holds customer accounts and pays for orders.
+//! processor-svc: holds customer accounts, pays for orders and refunds
+//! cancelled ones.
 //!
-//! It serves `ordermesh.payment.v1.AccountService` over gRPC ([`grpc`]) and
-//! consumes `order.created` events ([`consumer`]). Each order is settled
-//! exactly once: the inbox entry, the rules' decision ([`rules`], a pure
-//! function), the debit, the `payments` row and the outcome event in the
-//! outbox are written in one transaction ([`store`], the only module with
-//! SQL). The relay later publishes the outcome to the order service.
+//! It serves `ordermesh.payment.v1.AccountService` over gRPC ([`grpc`]:
+//! accounts from [`account`], their ledger from [`ledger`]) and consumes
+//! `order.created` and `order.cancelled` events ([`consumer`]). Each order
+//! is settled exactly once: the inbox entry, the rules' decision ([`rules`],
+//! a pure function), the debit, the `payments` row, the ledger row and the
+//! outcome event in the outbox are written in one transaction ([`store`],
+//! the only module with SQL). A cancel is applied the same way: before the
+//! charge it leaves a tombstone so the order is never charged; after it, the
+//! debit is refunded once and `payment.refunded` enqueued. The relay later
+//! publishes the outbox to the order service.
 //!
 //! [`Config`], [`migrate`] and [`run`] are what `main.rs` and the
 //! integration tests use.
@@ -14,6 +19,7 @@ pub mod account;
 pub mod consumer;
 mod error;
 pub mod grpc;
+pub mod ledger;
 pub mod rules;
 pub mod store;
 
@@ -31,7 +37,7 @@ use tonic::server::NamedService;
 
 pub use error::Error;
 
-use crate::consumer::OrderCreatedHandler;
+use crate::consumer::OrderEventHandler;
 use crate::grpc::AccountApi;
 use crate::rules::Embargo;
 use crate::store::Store;
@@ -41,6 +47,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
 pub const ENV_DATABASE_URL: &str = "PROCESSOR_DATABASE_URL";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ordermesh_processor";
 pub const ENV_QUEUE: &str = "PROCESSOR_QUEUE";
+/// Named before the queue also took `order.cancelled`; kept, so a deployed
+/// queue (and what waits in it) stays in use.
 pub const DEFAULT_QUEUE: &str = "ordermesh.processor-svc.order-created";
 pub const ENV_EMBARGOED_SKUS: &str = "EMBARGOED_SKUS";
 pub const DEFAULT_EMBARGOED_SKUS: &[&str] = &["pineapple_pizza", "teapot"];
@@ -66,7 +74,8 @@ pub struct Config {
     pub database: tokio_postgres::Config,
     pub db_pool_size: usize,
     pub broker: BrokerConfig,
-    /// The queue bound to `order.created`; dead letters go to `<queue>.dlq`.
+    /// The queue bound to `order.created` and `order.cancelled`; dead
+    /// letters go to `<queue>.dlq`.
     pub queue: String,
     /// Deliveries in flight at once.
     pub prefetch: u16,
@@ -111,11 +120,14 @@ impl Config {
         })
     }
 
-    /// The consumer's queue, bound to `order.created`.
+    /// The consumer's queue, bound to both events of an order. Handlers run
+    /// concurrently, so a cancel may be applied before its order's charge;
+    /// the store gives the same result either way.
     pub fn queue_spec(&self) -> QueueSpec {
+        use ordermesh_proto::events::v1::{ORDER_CANCELLED, ORDER_CREATED};
         QueueSpec {
             name: self.queue.clone(),
-            routing_keys: vec![ordermesh_proto::events::v1::ORDER_CREATED.to_owned()],
+            routing_keys: vec![ORDER_CREATED.to_owned(), ORDER_CANCELLED.to_owned()],
         }
     }
 }
@@ -178,7 +190,7 @@ pub async fn run(
         prefetch: config.prefetch,
         retry_delay: config.retry_delay,
     };
-    let handler = Arc::new(OrderCreatedHandler::new(store, config.embargo.clone()));
+    let handler = Arc::new(OrderEventHandler::new(store, config.embargo.clone()));
     tracing::info!(
         queue = %config.queue,
         embargoed_skus = ?config.embargo.skus().collect::<Vec<_>>(),
@@ -195,7 +207,7 @@ pub async fn run(
         ordermesh_platform::health::watch(readiness, probes, shutdown.clone()),
     );
     tasks.spawn(
-        "order-created consumer",
+        "order-events consumer",
         ordermesh_platform::amqp::run_consumer_with_status(
             consumer,
             handler,
@@ -235,7 +247,10 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.broker.exchange, "ordermesh.events");
         assert!(c.embargo.contains("teapot") && c.embargo.contains("pineapple_pizza"));
-        assert_eq!(c.queue_spec().routing_keys, ["order.created"]);
+        assert_eq!(
+            c.queue_spec().routing_keys,
+            ["order.created", "order.cancelled"]
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!
 //! The rules apply in a fixed order, and the first that fails names the
 //! reason: embargoed SKU, inconsistent order, no account, currency, funds.
+//! A [`Cancellation`] needs no rule: it always stops a charge that has not
+//! happened and gives back one that has (see `Store::cancel_order`).
 
 use std::collections::BTreeSet;
 
@@ -35,6 +37,16 @@ pub struct Item {
     pub sku: String,
     pub quantity: i32,
     pub unit_price_minor: i64,
+}
+
+/// A cancelled order, as the processor needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancellation {
+    pub order_id: String,
+    /// Must be the customer a payment of the order charged.
+    pub customer_id: String,
+    /// The caller's reason, possibly empty; only logged.
+    pub reason: String,
 }
 
 /// The part of an account the rules look at.

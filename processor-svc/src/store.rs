@@ -1,7 +1,15 @@
 //! All SQL of the service: [`Store`] owns the connection pool and has one
 //! method per operation. Methods that change money run in one transaction
-//! and lock the account row first, so concurrent deposits and payments of
-//! one customer serialise on it.
+//! and lock the account row first, then touch `payments`, so concurrent
+//! deposits, payments and refunds of one customer serialise on it (and
+//! cannot deadlock). Each movement of a balance also writes a row of the
+//! `transactions` ledger in the same transaction, with the balance it left.
+//!
+//! The `payments` row of an order is its one decision: SUCCEEDED or FAILED
+//! by [`Store::settle_order`], or CANCELLED (a tombstone) when
+//! [`Store::cancel_order`] came first; a cancel turns SUCCEEDED into
+//! REFUNDED. Whoever inserts the row first decides; the primary key and the
+//! guarded status update make every later message a no-op.
 
 use deadpool_postgres::Pool;
 use ordermesh_platform::outbox::{self, OutboxEvent};
@@ -9,7 +17,8 @@ use tokio_postgres::Row;
 
 use crate::Error;
 use crate::account::{Account, Deposit, NewAccount};
-use crate::rules::{self, AccountSnapshot, Decision, Embargo, Order};
+use crate::ledger::{self, TransactionKind, TransactionQuery};
+use crate::rules::{self, AccountSnapshot, Cancellation, Decision, Embargo, Order};
 
 /// History table of this service's migrations.
 const HISTORY_TABLE: &str = "processor_schema_history";
@@ -32,8 +41,50 @@ pub enum Settlement {
     Duplicate,
     /// Another message already decided this order; nothing changed.
     AlreadySettled,
+    /// The order was cancelled before it was charged; nothing changed.
+    Cancelled,
     /// The order was decided now, and the outcome enqueued.
     Decided(Decision),
+}
+
+/// What happened to an `order.cancelled` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// This message id was applied before; nothing changed.
+    Duplicate,
+    /// The order had no payment yet: a tombstone now makes a later
+    /// `order.created` a no-op.
+    NeverCharged,
+    /// The debit was given back now, and `payment.refunded` enqueued.
+    Refunded { amount_minor: i64 },
+    /// Another cancel message already gave the debit back; nothing changed.
+    AlreadyRefunded,
+    /// Another cancel message already stopped the charge; nothing changed.
+    AlreadyCancelled,
+    /// The order's payment failed, so nothing was taken; nothing changed.
+    NothingToRefund,
+    /// The order was charged to another customer than the event names.
+    /// Nothing changed and the message id was not recorded: the event
+    /// contradicts the ledger, so no money moves on it.
+    CustomerMismatch { charged_customer_id: String },
+}
+
+/// A refund just given, for the event that reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub order_id: String,
+    pub customer_id: String,
+    pub amount_minor: i64,
+    /// The debit's currency.
+    pub currency_code: String,
+}
+
+/// One page of [`Store::list_transactions`], newest first.
+#[derive(Debug, Clone)]
+pub struct TransactionPage {
+    pub transactions: Vec<ledger::Transaction>,
+    /// Whether older transactions follow.
+    pub more: bool,
 }
 
 /// The processor's database.
@@ -87,9 +138,9 @@ impl Store {
             .ok_or_else(|| Error::AccountNotFound(customer_id.to_owned()))
     }
 
-    /// Applies `deposit` unless its id was applied before. A known id with
-    /// the same customer and amount returns the account as it is now; with
-    /// other content it is `DepositConflict`.
+    /// Applies `deposit` unless its id was applied before, with its DEPOSIT
+    /// ledger row. A known id with the same customer and amount returns the
+    /// account as it is now; with other content it is `DepositConflict`.
     #[tracing::instrument(skip(self))]
     pub async fn deposit(&self, deposit: &Deposit) -> Result<Account, Error> {
         let mut conn = self.pool.get().await?;
@@ -149,6 +200,18 @@ impl Store {
                 &[&deposit.customer_id, &balance],
             )
             .await?;
+        tx.execute(
+            r#"INSERT INTO transactions
+                   (customer_id, kind, amount_minor, balance_after_minor, deposit_id)
+               VALUES ($1, 'DEPOSIT', $2, $3, $4)"#,
+            &[
+                &deposit.customer_id,
+                &deposit.amount_minor,
+                &balance,
+                &deposit.deposit_id,
+            ],
+        )
+        .await?;
         tx.commit().await?;
         Ok(account_from_row(row))
     }
@@ -156,8 +219,9 @@ impl Store {
     /// Settles `order` exactly once, in one transaction: records
     /// `message_id` in the inbox of `consumer` (a known id changes nothing),
     /// locks the customer's account, decides with [`rules::decide`], records
-    /// the decision in `payments` (an order decided before changes nothing),
-    /// debits on success and enqueues the outcome built by `outcome_event`.
+    /// the decision in `payments` (an order decided or cancelled before
+    /// changes nothing), debits on success (with a DEBIT ledger row) and
+    /// enqueues the outcome built by `outcome_event`.
     #[tracing::instrument(skip(self, order, embargo, outcome_event), fields(order_id = %order.order_id))]
     pub async fn settle_order(
         &self,
@@ -221,8 +285,19 @@ impl Store {
             )
             .await?;
         if inserted == 0 {
+            let status: String = tx
+                .query_one(
+                    r#"SELECT status FROM payments WHERE order_id = $1"#,
+                    &[&order.order_id],
+                )
+                .await?
+                .get(0);
             tx.commit().await?;
-            return Ok(Settlement::AlreadySettled);
+            return Ok(if status == "CANCELLED" {
+                Settlement::Cancelled
+            } else {
+                Settlement::AlreadySettled
+            });
         }
 
         if let Decision::Pay { amount_minor } = decision {
@@ -235,12 +310,209 @@ impl Store {
                        RETURNING balance_minor"#,
                 )
                 .await?;
-            tx.query_one(&debit, &[&order.customer_id, &amount_minor])
+            let balance: i64 = tx
+                .query_one(&debit, &[&order.customer_id, &amount_minor])
+                .await?
+                .get(0);
+            let record = tx
+                .prepare_cached(
+                    r#"INSERT INTO transactions
+                           (customer_id, kind, amount_minor, balance_after_minor, order_id)
+                       VALUES ($1, 'DEBIT', $2, $3, $4)"#,
+                )
                 .await?;
+            tx.execute(
+                &record,
+                &[
+                    &order.customer_id,
+                    &-amount_minor,
+                    &balance,
+                    &order.order_id,
+                ],
+            )
+            .await?;
         }
         outbox::enqueue(&tx, &outcome_event(&decision)).await?;
         tx.commit().await?;
         Ok(Settlement::Decided(decision))
+    }
+
+    /// Cancels an order exactly once, in one transaction: records
+    /// `message_id` in the inbox of `consumer` (a known id changes nothing),
+    /// locks the customer's account if there is one, then either leaves a
+    /// CANCELLED tombstone (the order had no payment, and now never will) or
+    /// refunds a SUCCEEDED payment: REFUNDED, the balance credited, a REFUND
+    /// ledger row and the event built by `refund_event`. Any other payment
+    /// changes nothing.
+    #[tracing::instrument(skip(self, cancellation, refund_event), fields(order_id = %cancellation.order_id))]
+    pub async fn cancel_order(
+        &self,
+        consumer: &str,
+        message_id: &str,
+        cancellation: &Cancellation,
+        refund_event: impl FnOnce(&Refund) -> OutboxEvent,
+    ) -> Result<CancelOutcome, Error> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        if !ordermesh_platform::inbox::record(&tx, consumer, message_id).await? {
+            tx.commit().await?;
+            return Ok(CancelOutcome::Duplicate);
+        }
+
+        // The lock order of settle_order: account, then payments. A cancel
+        // and a charge of one order serialise here when the account exists,
+        // and on the payments primary key when it does not.
+        tx.execute(
+            r#"SELECT 1 FROM accounts WHERE customer_id = $1 FOR UPDATE"#,
+            &[&cancellation.customer_id],
+        )
+        .await?;
+        let inserted = tx
+            .execute(
+                r#"INSERT INTO payments
+                       (order_id, customer_id, amount_minor, currency_code, status, message_id)
+                   VALUES ($1, $2, 0, 'XXX', 'CANCELLED', $3)
+                   ON CONFLICT (order_id) DO NOTHING"#,
+                &[
+                    &cancellation.order_id,
+                    &cancellation.customer_id,
+                    &message_id,
+                ],
+            )
+            .await?;
+        if inserted == 1 {
+            tx.commit().await?;
+            return Ok(CancelOutcome::NeverCharged);
+        }
+
+        // Only a SUCCEEDED payment is refunded, and only once: a concurrent
+        // cancel waits for this row and then no longer matches.
+        let refunded = tx
+            .query_opt(
+                r#"UPDATE payments
+                   SET status = 'REFUNDED'
+                   WHERE order_id = $1 AND customer_id = $2 AND status = 'SUCCEEDED'
+                   RETURNING amount_minor, currency_code"#,
+                &[&cancellation.order_id, &cancellation.customer_id],
+            )
+            .await?;
+        let Some(refunded) = refunded else {
+            let payment = tx
+                .query_one(
+                    r#"SELECT status, customer_id FROM payments WHERE order_id = $1"#,
+                    &[&cancellation.order_id],
+                )
+                .await?;
+            let outcome = match payment.get::<_, &str>(0) {
+                "SUCCEEDED" => CancelOutcome::CustomerMismatch {
+                    charged_customer_id: payment.get(1),
+                },
+                "FAILED" => CancelOutcome::NothingToRefund,
+                "CANCELLED" => CancelOutcome::AlreadyCancelled,
+                // REFUNDED, the only other status the CHECK allows.
+                _ => CancelOutcome::AlreadyRefunded,
+            };
+            if matches!(outcome, CancelOutcome::CustomerMismatch { .. }) {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+            }
+            return Ok(outcome);
+        };
+
+        let refund = Refund {
+            order_id: cancellation.order_id.clone(),
+            customer_id: cancellation.customer_id.clone(),
+            amount_minor: refunded.get(0),
+            currency_code: refunded.get(1),
+        };
+        // The account is locked above; a balance that would overflow fails
+        // the statement (SQLSTATE 22003), which rolls everything back.
+        let balance: i64 = tx
+            .query_one(
+                r#"UPDATE accounts
+                   SET balance_minor = balance_minor + $2, update_time = now()
+                   WHERE customer_id = $1
+                   RETURNING balance_minor"#,
+                &[&refund.customer_id, &refund.amount_minor],
+            )
+            .await?
+            .get(0);
+        tx.execute(
+            r#"INSERT INTO transactions
+                   (customer_id, kind, amount_minor, balance_after_minor, order_id)
+               VALUES ($1, 'REFUND', $2, $3, $4)"#,
+            &[
+                &refund.customer_id,
+                &refund.amount_minor,
+                &balance,
+                &refund.order_id,
+            ],
+        )
+        .await?;
+        outbox::enqueue(&tx, &refund_event(&refund)).await?;
+        tx.commit().await?;
+        Ok(CancelOutcome::Refunded {
+            amount_minor: refund.amount_minor,
+        })
+    }
+
+    /// One page of the customer's ledger, newest first, older than
+    /// `query.before_seq` when set; `AccountNotFound` for an unknown account.
+    #[tracing::instrument(skip(self))]
+    pub async fn list_transactions(
+        &self,
+        query: &TransactionQuery,
+    ) -> Result<TransactionPage, Error> {
+        let conn = self.pool.get().await?;
+        // One row more than asked tells whether another page follows.
+        let limit = i64::try_from(query.page_size)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        let rows = conn
+            .query(
+                r#"SELECT seq, customer_id, kind, amount_minor, balance_after_minor,
+                          order_id, deposit_id, create_time
+                   FROM transactions
+                   WHERE customer_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+                   ORDER BY seq DESC
+                   LIMIT $3"#,
+                &[&query.customer_id, &query.before_seq, &limit],
+            )
+            .await?;
+        // Accounts are never deleted, so asking afterwards is as good.
+        if rows.is_empty()
+            && conn
+                .query_opt(
+                    r#"SELECT 1 FROM accounts WHERE customer_id = $1"#,
+                    &[&query.customer_id],
+                )
+                .await?
+                .is_none()
+        {
+            return Err(Error::AccountNotFound(query.customer_id.clone()));
+        }
+        let more = rows.len() > query.page_size;
+        let transactions = rows
+            .into_iter()
+            .take(query.page_size)
+            .map(transaction_from_row)
+            .collect();
+        Ok(TransactionPage { transactions, more })
+    }
+}
+
+fn transaction_from_row(row: Row) -> ledger::Transaction {
+    let kind: &str = row.get("kind");
+    ledger::Transaction {
+        seq: row.get("seq"),
+        customer_id: row.get("customer_id"),
+        kind: TransactionKind::from_column(kind).expect("the kind CHECK allows only known kinds"),
+        amount_minor: row.get("amount_minor"),
+        balance_after_minor: row.get("balance_after_minor"),
+        order_id: row.get("order_id"),
+        deposit_id: row.get("deposit_id"),
+        create_time: row.get("create_time"),
     }
 }
 

@@ -39,5 +39,9 @@ pub mod events {
         pub const PAYMENT_SUCCEEDED: &str = "payment.succeeded";
         /// Routing key of [`PaymentFailed`].
         pub const PAYMENT_FAILED: &str = "payment.failed";
+        /// Routing key of [`OrderCancelled`].
+        pub const ORDER_CANCELLED: &str = "order.cancelled";
+        /// Routing key of [`PaymentRefunded`].
+        pub const PAYMENT_REFUNDED: &str = "payment.refunded";
     }
 }

@@ -38,9 +38,10 @@ fn free_addr() -> String {
 }
 
 pub struct Mesh {
-    // Held so the databases and broker names are removed when the mesh is.
+    // Held so the databases and broker names are removed when the mesh is;
+    // tests may look into them.
     _orders_db: TestDatabase,
-    _processor_db: TestDatabase,
+    pub processor_db: TestDatabase,
     _broker: TestBroker,
     pub env: HashMap<&'static str, String>,
     pub order_addr: String,
@@ -81,7 +82,7 @@ impl Mesh {
         }
         let mut mesh = Self {
             _orders_db: orders_db,
-            _processor_db: processor_db,
+            processor_db,
             _broker: broker,
             env,
             order_addr,

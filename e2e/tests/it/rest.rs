@@ -207,6 +207,42 @@ fn cases(customer: &str, order: &str) -> Vec<Case> {
             expect: json!({"orders": [{"orderId": order, "customerId": customer}]}),
             eventually: false,
         },
+        Case {
+            rpc: "ordermesh.order.v1.OrderService.WatchOrder",
+            method: "GET",
+            template: "/v1/orders/{order_id}:watch",
+            path: format!("/v1/orders/{order}:watch"),
+            body: None,
+            // PAID is terminal: the stream sends it and ends.
+            expect: json!({"order": {"orderId": order, "status": "ORDER_STATUS_PAID"}}),
+            eventually: false,
+        },
+        Case {
+            rpc: "ordermesh.payment.v1.AccountService.ListTransactions",
+            method: "GET",
+            template: "/v1/accounts/{customer_id}/transactions",
+            path: format!("/v1/accounts/{customer}/transactions?pageSize=10"),
+            body: None,
+            expect: json!({"transactions": [
+                {"kind": "TRANSACTION_KIND_DEBIT", "amountMinor": "-1200",
+                 "balanceAfterMinor": "3800", "orderId": order},
+                {"kind": "TRANSACTION_KIND_DEPOSIT", "amountMinor": "5000",
+                 "balanceAfterMinor": "5000", "depositId": "dep-1"},
+            ]}),
+            eventually: false,
+        },
+        Case {
+            rpc: "ordermesh.order.v1.OrderService.CancelOrder",
+            method: "POST",
+            template: "/v1/orders/{order_id}:cancel",
+            path: format!("/v1/orders/{order}:cancel"),
+            body: Some(json!({"reason": "rest walk-through"})),
+            expect: json!({"order": {
+                "orderId": order, "status": "ORDER_STATUS_CANCELLED",
+                "cancelReason": "rest walk-through",
+            }}),
+            eventually: false,
+        },
     ]
 }
 

@@ -2,8 +2,10 @@
 //! 0 against a fresh PostgreSQL database and a private RabbitMQ exchange and
 //! talks to it through a generated gRPC client and a lapin publisher.
 
+mod cancel;
 mod create;
 mod helpers;
 mod lifecycle;
 mod payments;
 mod read;
+mod watch;

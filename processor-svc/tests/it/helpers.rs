@@ -9,12 +9,12 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
 use ordermesh_platform::testing::{TestBroker, TestDatabase, eventually};
-use ordermesh_proto::events::v1::OrderCreated;
+use ordermesh_proto::events::v1::{OrderCancelled, OrderCreated};
 use ordermesh_proto::order::v1::OrderItem;
 use ordermesh_proto::payment::v1::account_service_client::AccountServiceClient;
 use ordermesh_proto::payment::v1::{CreateAccountRequest, DepositRequest, GetAccountRequest};
 use processor_svc::Config;
-use prost::{Message as _, Name as _};
+use processor_svc::store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -27,7 +27,8 @@ pub struct TestApp {
     pub client: AccountServiceClient<Channel>,
     /// The client's connection, for other services on the same server.
     pub channel: Channel,
-    /// The queue bound to `order.created` (dead letters: `<queue>.dlq`).
+    /// The queue bound to `order.created` and `order.cancelled` (dead
+    /// letters: `<queue>.dlq`).
     pub queue: String,
     pub exchange: String,
     sql: tokio_postgres::Client,
@@ -153,6 +154,15 @@ pub struct OutboxRow {
     pub headers: serde_json::Value,
 }
 
+/// A row of the `transactions` ledger.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub kind: String,
+    pub amount_minor: i64,
+    pub balance_after_minor: i64,
+    pub order_id: Option<String>,
+}
+
 /// A `payments` row.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PaymentRow {
@@ -211,6 +221,22 @@ impl TestApp {
 
     /// Publishes `order` as `order.created` the way the relay does.
     pub async fn publish_order(&self, message_id: &str, order: &OrderCreated) {
+        self.publish_event(message_id, "order.created", order).await;
+    }
+
+    /// Publishes `cancel` as `order.cancelled` the way the relay does.
+    pub async fn publish_cancel(&self, message_id: &str, cancel: &OrderCancelled) {
+        self.publish_event(message_id, "order.cancelled", cancel)
+            .await;
+    }
+
+    /// Publishes `event` under `routing_key` the way the relay does.
+    pub async fn publish_event<M: prost::Name>(
+        &self,
+        message_id: &str,
+        routing_key: &str,
+        event: &M,
+    ) {
         let mut headers = FieldTable::default();
         headers.insert(
             "traceparent".into(),
@@ -218,17 +244,12 @@ impl TestApp {
         );
         let props = BasicProperties::default()
             .with_message_id(message_id.into())
-            .with_type(OrderCreated::full_name().into())
+            .with_type(M::full_name().into())
             .with_content_type("application/x-protobuf".into())
             .with_delivery_mode(2)
             .with_headers(headers);
-        self.publish(
-            &self.exchange,
-            "order.created",
-            props,
-            &order.encode_to_vec(),
-        )
-        .await;
+        self.publish(&self.exchange, routing_key, props, &event.encode_to_vec())
+            .await;
     }
 
     /// Publishes raw bytes and waits for the broker's confirm.
@@ -307,6 +328,47 @@ impl TestApp {
             .collect()
     }
 
+    /// The customer's ledger, oldest first.
+    pub async fn ledger(&self, customer_id: &str) -> Vec<LedgerRow> {
+        self.sql
+            .query(
+                "SELECT kind, amount_minor, balance_after_minor, order_id
+                 FROM transactions WHERE customer_id = $1 ORDER BY seq",
+                &[&customer_id],
+            )
+            .await
+            .expect("read the ledger")
+            .into_iter()
+            .map(|row| LedgerRow {
+                kind: row.get(0),
+                amount_minor: row.get(1),
+                balance_after_minor: row.get(2),
+                order_id: row.get(3),
+            })
+            .collect()
+    }
+
+    /// Waits until the consumer's inbox holds `message_id`: the message was
+    /// applied (or found to change nothing).
+    pub async fn wait_for_inbox(&self, message_id: &str) {
+        eventually(WAIT, || async {
+            self.inbox()
+                .await
+                .iter()
+                .any(|id| id == message_id)
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{message_id} was not applied within {WAIT:?}"));
+    }
+
+    /// A store on the service's database, to drive it directly (e.g. many
+    /// calls at once) besides the running consumer.
+    pub fn store(&self) -> Store {
+        let config = self._db.url.parse().expect("test URL parses");
+        Store::new(ordermesh_platform::db::pool(config, 16).expect("build a pool"))
+    }
+
     /// Message ids in the consumer's inbox.
     pub async fn inbox(&self) -> Vec<String> {
         self.sql
@@ -372,6 +434,15 @@ pub fn order(
         currency_code: currency_code.into(),
         items,
         total_minor,
+    }
+}
+
+/// An `OrderCancelled` for `order_id` of `customer_id`.
+pub fn cancel(order_id: &str, customer_id: &str) -> OrderCancelled {
+    OrderCancelled {
+        order_id: order_id.into(),
+        customer_id: customer_id.into(),
+        reason: "changed my mind".into(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! with a fresh database, exchange and queue ([`helpers::spawn_app`]).
 
 mod accounts;
+mod cancellations;
 mod helpers;
 mod lifecycle;
 mod payments;
+mod transactions;
