@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 BUF := .tools/bin/buf
 
-.PHONY: help up down logs migrate tools lint test deploy-check smoke smoke-selftest rest-checks sweep bench
+.PHONY: help up down logs migrate tools lint test deploy-check smoke smoke-selftest rest-checks sweep bench chaos
 
 help:
 	@echo 'make up              build (release), migrate and start order-svc, processor-svc, relay'
@@ -21,6 +21,7 @@ help:
 	@echo 'make rest-checks     schemathesis on each /openapi.json, /docs in headless Chromium'
 	@echo 'make sweep           remove leftover test databases, queues and exchanges'
 	@echo 'make bench           build (release) and benchmark the real binaries: target/bench/ (docs/BENCH.md)'
+	@echo 'make chaos           build (release), 5,000 orders while relay, processor, broker and DB connections fail; print the ledger'
 
 up:
 	@bash deploy/local/up.sh
@@ -67,3 +68,6 @@ sweep:
 
 bench:
 	@bash deploy/local/bench.sh
+
+chaos:
+	@bash deploy/local/chaos.sh

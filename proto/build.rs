@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "ordermesh/order/v1/order.proto",
     "ordermesh/payment/v1/account.proto",
     "ordermesh/events/v1/events.proto",
+    "ordermesh/auth/v1/auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

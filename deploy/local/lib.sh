@@ -24,6 +24,16 @@ if ! command -v cargo >/dev/null && [[ -x ${HOME:-/root}/.cargo/bin/cargo ]]; th
 fi
 
 om_say() { printf '==> %s\n' "$*"; }
+
+# om_random_secret: 48 hex characters from /dev/urandom (a JWT HS256 secret).
+om_random_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# om_mint_token BIN_DIR SECRET SUBJECT ROLE [TTL_S]: prints a token signed
+# with SECRET by `processor-svc token` (the services verify it with the same
+# AUTH_JWT_SECRET).
+om_mint_token() {
+  AUTH_JWT_SECRET=$2 "$1/processor-svc" token --subject "$3" --role "$4" --ttl-s "${5:-86400}" </dev/null
+}
 om_warn() { printf 'warning: %s\n' "$*" >&2; }
 om_die() {
   printf 'error: %s\n' "$*" >&2

@@ -56,6 +56,9 @@ order_db=ordermesh_smoke_${id}_orders
 processor_db=ordermesh_smoke_${id}_processor
 prefix=om-test-smoke-$id
 started=()
+# Tokens: the binaries verify with this secret; the README's
+# .run/admin.token (what `make up` writes) becomes $work/admin.token.
+auth_secret=$(om_random_secret)
 
 cleanup() {
   local rc=$? name db
@@ -101,7 +104,8 @@ start() {
     AMQP_URL="$amqp_url" \
     AMQP_EXCHANGE="$prefix.events" \
     ORDER_QUEUE="$prefix.order-svc.payment-results" \
-    PROCESSOR_QUEUE="$prefix.processor-svc.order-created")
+    PROCESSOR_QUEUE="$prefix.processor-svc.order-created" \
+    AUTH_JWT_SECRET="$auth_secret")
   started+=("$name:$pid")
   om_wait_healthy "$name" "$pid" "$work/$name.log" "$check" "$addr" "$((SECONDS + start_timeout))"
   om_say "$name is healthy on $addr (pid $pid)"
@@ -123,6 +127,8 @@ else
     [[ -x $bin_dir/$name ]] || om_die "$bin_dir/$name is missing: the build did not produce the $name binary"
   done
   om_say "smoke environment: databases $order_db, $processor_db; exchange $prefix.events"
+  om_mint_token "$bin_dir" "$auth_secret" admin admin 3600 >"$work/admin.token" ||
+    om_die "could not mint the admin token (processor-svc token)"
   start order-svc om_grpc_health "$order_addr"
   start processor-svc om_grpc_health "$processor_addr"
   start relay om_http_health "$relay_addr"
@@ -131,7 +137,8 @@ fi
 python3 scripts/readme_steps.py "$readme" \
   --sub "127.0.0.1:50051=$order_addr" \
   --sub "127.0.0.1:50052=$processor_addr" \
-  --sub "127.0.0.1:9100=$relay_addr" >"$work/steps"
+  --sub "127.0.0.1:9100=$relay_addr" \
+  --sub ".run/admin.token=$work/admin.token" >"$work/steps"
 
 export PATH="$OM_TOOLS_BIN:$PATH"
 env_file=$work/step-env

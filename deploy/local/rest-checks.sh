@@ -67,6 +67,9 @@ order_db=ordermesh_rest_${id}_orders
 processor_db=ordermesh_rest_${id}_processor
 prefix=om-test-rest-$id
 started=()
+# The services verify tokens with this secret; schemathesis sends an admin
+# token (admins are not rate limited) minted with it.
+auth_secret=$(om_random_secret)
 
 cleanup() {
   local rc=$? db
@@ -117,7 +120,8 @@ start() {
     AMQP_URL="$amqp_url" \
     AMQP_EXCHANGE="$prefix.events" \
     ORDER_QUEUE="$prefix.order-svc.payment-results" \
-    PROCESSOR_QUEUE="$prefix.processor-svc.order-created")
+    PROCESSOR_QUEUE="$prefix.processor-svc.order-created" \
+    AUTH_JWT_SECRET="$auth_secret")
   started+=("$name:$pid")
   om_wait_healthy "$name" "$pid" "$work/$name.log" om_grpc_health "$addr" "$((SECONDS + start_timeout))"
   om_say "$name is healthy on $addr (pid $pid)"
@@ -128,6 +132,8 @@ start processor-svc "$processor_addr"
 failed=()
 
 # --- schemathesis -----------------------------------------------------------
+admin_token=$(om_mint_token "$bin_dir" "$auth_secret" admin admin 3600) ||
+  om_die "could not mint the admin token (processor-svc token)"
 for entry in "order-svc=$order_addr" "processor-svc=$processor_addr"; do
   name=${entry%%=*} addr=${entry#*=}
   om_say "schemathesis: $name (http://$addr/openapi.json, $max_examples examples per operation)"
@@ -138,6 +144,7 @@ for entry in "order-svc=$order_addr" "processor-svc=$processor_addr"; do
     --checks all \
     --exclude-checks positive_data_acceptance,negative_data_rejection \
     --max-examples "$max_examples" "${seed_args[@]}" \
+    --header "Authorization: Bearer $admin_token" \
     --request-timeout 10 \
     --wait-for-schema 10 \
     --warnings off \

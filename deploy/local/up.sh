@@ -8,7 +8,10 @@
 #  3. starts order-svc, processor-svc and relay in the background (logs in
 #     .run/logs/<name>.log, pids in .run/<name>.pid), leaving alone any that
 #     already runs, and waits until each is healthy;
-#  4. prints how to call them.
+#  4. prints how to call them. The services verify bearer tokens with
+#     AUTH_JWT_SECRET: unless it is set, a random one is made once and kept
+#     in .run/auth-secret; an admin token signed with it is written to
+#     .run/admin.token (valid 7 days, renewed by every `make up`).
 #
 # Every variable of the services (ORDER_SVC_ADDR, AMQP_EXCHANGE, RUST_LOG,
 # ...) passes through to the binaries. Script knobs:
@@ -48,6 +51,17 @@ for name in "${OM_BINARIES[@]}"; do
 done
 
 mkdir -p "$OM_RUN/logs"
+if [[ -z ${AUTH_JWT_SECRET:-} ]]; then
+  if [[ ! -s $OM_RUN/auth-secret ]]; then
+    (umask 077 && om_random_secret >"$OM_RUN/auth-secret")
+    om_say "made a local token signing secret in .run/auth-secret"
+  fi
+  AUTH_JWT_SECRET=$(<"$OM_RUN/auth-secret")
+  export AUTH_JWT_SECRET
+fi
+(umask 077 && om_mint_token "$bin_dir" "$AUTH_JWT_SECRET" admin admin 604800 >"$OM_RUN/admin.token") ||
+  om_die "could not mint the admin token (processor-svc token)"
+
 om_say "migrating (order-svc migrate, processor-svc migrate; output in .run/logs/migrate.log)"
 for name in order-svc processor-svc; do
   printf -- '---- %s: starting %s migrate\n' "$(date -u +%FT%TZ)" "$name" >>"$OM_RUN/logs/migrate.log"
@@ -91,13 +105,18 @@ ordermesh is up:
   processor-svc  gRPC $processor_addr   pid ${pids[processor-svc]}   log .run/logs/processor-svc.log
   relay          http://$relay_addr/healthz   pid ${pids[relay]}   log .run/logs/relay.log
 
-Call it with grpcurl (installed in .tools/bin):
-  export PATH="$OM_TOOLS_BIN:\$PATH"
+An admin token (acts for every customer) is in .run/admin.token. Call it
+with grpcurl (installed in .tools/bin):
+  export PATH="$OM_TOOLS_BIN:\$PATH" TOKEN=\$(cat .run/admin.token)
   grpcurl -plaintext $order_addr list
-  grpcurl -plaintext -d '{"customer_id": "alice-$id"}' $processor_addr ordermesh.payment.v1.AccountService/CreateAccount
-  grpcurl -plaintext -d '{"customer_id": "alice-$id", "amount_minor": 5000}' $processor_addr ordermesh.payment.v1.AccountService/Deposit
-  grpcurl -plaintext -d '{"order_id": "order-$id", "customer_id": "alice-$id", "items": [{"sku": "book", "quantity": 2, "unit_price_minor": 1250}]}' $order_addr ordermesh.order.v1.OrderService/CreateOrder
-  grpcurl -plaintext -d '{"order_id": "order-$id"}' $order_addr ordermesh.order.v1.OrderService/GetOrder
+  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"customer_id": "alice-$id"}' $processor_addr ordermesh.payment.v1.AccountService/CreateAccount
+  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"customer_id": "alice-$id", "amount_minor": 5000}' $processor_addr ordermesh.payment.v1.AccountService/Deposit
+  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"order_id": "order-$id", "customer_id": "alice-$id", "items": [{"sku": "book", "quantity": 2, "unit_price_minor": 1250}]}' $order_addr ordermesh.order.v1.OrderService/CreateOrder
+  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"order_id": "order-$id"}' $order_addr ordermesh.order.v1.OrderService/GetOrder
+
+A customer token: register, then log in (the answer's accessToken):
+  grpcurl -plaintext -d '{"customer_id": "alice-$id", "password": "correct horse battery"}' $processor_addr ordermesh.auth.v1.AuthService/Register
+  grpcurl -plaintext -d '{"customer_id": "alice-$id", "password": "correct horse battery"}' $processor_addr ordermesh.auth.v1.AuthService/Login
 
 'make logs' follows the logs; 'make down' stops the three.
 EOF

@@ -1,7 +1,16 @@
 //! The `ordermesh.order.v1.OrderService` handlers: decode the request into a
-//! domain value, call the store, encode the answer. Errors become a
-//! `tonic::Status` in one place ([`From<Error>`] below).
+//! domain value, check the caller may act for its customer, call the store,
+//! encode the answer. Errors become a `tonic::Status` in one place
+//! ([`From<Error>`] below).
+//!
+//! Authorization: a customer token reaches only its own orders. Another
+//! customer's order is NOT_FOUND with the missing order's message (ids
+//! cannot be probed); creating an order for, or listing the orders of,
+//! another customer is PERMISSION_DENIED naming `customer_id`; ListOrders
+//! without `customer_id` lists the caller's own. An admin token acts for
+//! every customer.
 
+use ordermesh_platform::auth::{self, Caller};
 use ordermesh_platform::grpc::invalid_field;
 use ordermesh_proto::order::v1 as pb;
 use pb::order_service_server::OrderService;
@@ -41,8 +50,12 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let order = NewOrder::try_from(request.into_inner()).map_err(Error::from)?;
         tracing::Span::current().record("order_id", order.order_id.as_str());
+        if !caller.may_act_for(&order.customer_id) {
+            return Err(auth::permission_denied("customer_id", &order.customer_id));
+        }
         let created = self
             .store
             .create_order(&order, &events::order_created(&order))
@@ -60,9 +73,10 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let order_id = request.into_inner().order_id;
         check_order_id("order_id", &order_id).map_err(Error::from)?;
-        let order = self.store.get_order(&order_id).await?;
+        let order = self.owned_order(&caller, &order_id).await?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order.into()),
         }))
@@ -73,7 +87,17 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
-        let query = ListQuery::try_from(request.into_inner()).map_err(Error::from)?;
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        // A customer lists its own orders, with or without the filter.
+        if !caller.is_admin() {
+            if request.customer_id.is_empty() {
+                request.customer_id = caller.subject;
+            } else if request.customer_id != caller.subject {
+                return Err(auth::permission_denied("customer_id", &request.customer_id));
+            }
+        }
+        let query = ListQuery::try_from(request).map_err(Error::from)?;
         let page = self.store.list_orders(&query).await?;
         let next_page_token = match page.orders.last() {
             Some(last) if page.more => query.filter.page_token(last.seq),
@@ -90,7 +114,10 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = CancelRequest::try_from(request.into_inner()).map_err(Error::from)?;
+        // An order's customer never changes: checked once, before the cancel.
+        self.owned_order(&caller, &request.order_id).await?;
         let order = self
             .store
             .cancel_order(&request, events::order_cancelled)
@@ -109,13 +136,28 @@ impl OrderService for OrderApi {
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let deadline = deadline(&request);
+        let caller = Caller::of(&request)?;
         let order_id = request.into_inner().order_id;
         check_order_id("order_id", &order_id).map_err(Error::from)?;
+        self.owned_order(&caller, &order_id).await?;
         let stream = self
             .watch
             .open(self.store.clone(), order_id, deadline)
             .await?;
         Ok(Response::new(stream))
+    }
+}
+
+impl OrderApi {
+    /// The order, or NOT_FOUND (as for a missing one) unless `caller` may
+    /// act for its customer.
+    async fn owned_order(&self, caller: &Caller, order_id: &str) -> Result<Order, Error> {
+        let order = self.store.get_order(order_id).await?;
+        if caller.may_act_for(&order.customer_id) {
+            Ok(order)
+        } else {
+            Err(Error::NotFound(order_id.to_owned()))
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! [`grpc`] (handlers), [`events`] (event codec), [`consumer`] (payment
 //! results), [`watch`] (WatchOrder's LISTEN fan-out), [`error`]. This file
 //! holds the configuration and [`run`], which `main.rs` and the integration
-//! tests both call.
+//! tests both call. Every call needs a bearer token (see
+//! `ordermesh_platform::auth`); a customer reaches only its own orders
+//! ([`grpc`]).
 
 pub mod consumer;
 pub mod domain;
@@ -23,8 +25,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, ConsumerStatus, QueueSpec};
+use ordermesh_platform::auth::{Auth, AuthConfig};
 use ordermesh_platform::config::{self, ConfigError, Env};
 use ordermesh_platform::health::{Probe, Readiness};
+use ordermesh_platform::redelivery::RetryPolicy;
 use ordermesh_proto::order::v1::order_service_server::SERVICE_NAME;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,27 +49,36 @@ pub const ENV_POOL_SIZE: &str = "DB_POOL_SIZE";
 pub const DEFAULT_POOL_SIZE: usize = 16;
 pub const ENV_SHUTDOWN_GRACE: &str = "SHUTDOWN_GRACE_MS";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(10_000);
-/// Pause before a transiently failed payment result is redelivered.
-pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Everything order-svc needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where `main` binds the gRPC listener (`run` takes it bound).
     pub addr: SocketAddr,
-    /// The service's own database; created at start when missing.
-    pub database: tokio_postgres::Config,
+    /// The service's own database (and its `sslmode`); created at start
+    /// when missing.
+    pub database: ordermesh_platform::db::DbConfig,
+    /// TLS for the gRPC/REST port (`TLS_CERT_FILE`, `TLS_KEY_FILE`);
+    /// `None` serves plaintext.
+    pub tls: Option<ordermesh_platform::tls::ServerTls>,
     pub db_pool_size: usize,
     pub broker: BrokerConfig,
     /// Durable queue of payment results, bound to both result keys.
     pub queue: String,
     /// Payment results handled at once (and unacknowledged in flight).
     pub prefetch: u16,
-    pub retry_delay: Duration,
+    /// Retries of a transiently failed payment result (`AMQP_MAX_ATTEMPTS`,
+    /// `AMQP_RETRY_BASE_MS`, `AMQP_RETRY_MAX_MS`).
+    pub retry: RetryPolicy,
     /// How long the tasks get to drain after shutdown is requested.
     pub shutdown_grace: Duration,
     /// Inbox entries older than this are deleted (`INBOX_RETENTION_HOURS`).
     pub inbox_retention: Duration,
+    /// Larger gRPC request messages are refused (`GRPC_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
+    /// Bearer token verification and rate limits (`AUTH_JWT_SECRET`,
+    /// `AUTH_JWT_PUBLIC_KEYS`, `AUTH_JWKS_FILE`, `RATE_LIMIT_*`).
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -77,7 +90,7 @@ impl Config {
             .parse()
             .map_err(|e| config::invalid(ENV_ADDR, &addr_text, e))?;
         let url = config::string(env, ENV_DATABASE_URL, DEFAULT_DATABASE_URL);
-        let database = ordermesh_platform::db::parse_url(ENV_DATABASE_URL, &url)?;
+        let database = ordermesh_platform::db::parse_url(env, ENV_DATABASE_URL, &url)?;
         let db_pool_size = config::parse(env, ENV_POOL_SIZE, DEFAULT_POOL_SIZE)?;
         if db_pool_size == 0 {
             return Err(config::invalid(ENV_POOL_SIZE, 0, "must be at least 1"));
@@ -89,13 +102,16 @@ impl Config {
         Ok(Self {
             addr,
             database,
+            tls: ordermesh_platform::tls::ServerTls::from_env(env)?,
             db_pool_size,
             broker: BrokerConfig::from_env(env)?,
             queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
             prefetch,
-            retry_delay: DEFAULT_RETRY_DELAY,
+            retry: RetryPolicy::from_env(env)?,
             shutdown_grace: config::millis(env, ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE)?,
             inbox_retention: ordermesh_platform::inbox::retention_from_env(env)?,
+            max_message_bytes: ordermesh_platform::grpc::max_message_bytes(env)?,
+            auth: AuthConfig::from_env(env)?,
         })
     }
 
@@ -111,7 +127,7 @@ impl Config {
                     .collect(),
             },
             prefetch: self.prefetch,
-            retry_delay: self.retry_delay,
+            retry: self.retry.clone(),
         }
     }
 }
@@ -136,6 +152,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The token keys first: without them the service does not start.
+    let auth = Arc::new(Auth::from_config(&config.auth)?);
     let pool = ordermesh_platform::db::connect_and_migrate(
         &config.database,
         config.db_pool_size,
@@ -164,15 +182,21 @@ pub async fn run(
             up: watch_hub.connected(),
         },
     ];
-    let routes = tonic::service::Routes::new(health)
-        .add_service(grpc::OrderApi::new(store.clone(), watch_hub.clone()).into_server());
+    let routes = tonic::service::Routes::new(health).add_service(
+        grpc::OrderApi::new(store.clone(), watch_hub.clone())
+            .into_server()
+            .max_decoding_message_size(config.max_message_bytes),
+    );
     // /healthz, /readyz and /metrics on the gRPC port.
     let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness);
+    // Bearer tokens on every call but health, reflection and the
+    // operational routes; rate limits per caller.
+    let routes = ordermesh_platform::auth::protect(routes, auth);
 
     let mut tasks = ordermesh_platform::tasks::Tasks::new(shutdown.clone());
     tasks.spawn(
         "grpc",
-        ordermesh_platform::grpc::serve(listener, routes, shutdown.clone()),
+        ordermesh_platform::grpc::serve(listener, routes, config.tls.clone(), shutdown.clone()),
     );
     tasks.spawn(
         "readiness",

@@ -53,6 +53,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("bind {}", config.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "order-svc listening (gRPC)");
+    tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "order-svc listening (gRPC)");
     order_svc::run(config, listener, shutdown::on_signal()).await
 }

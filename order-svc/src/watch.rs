@@ -26,10 +26,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
+use ordermesh_platform::db::{DbConfig, PgConnection};
 use ordermesh_proto::order::v1 as pb;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -67,7 +68,7 @@ pub struct WatchHub {
 
 struct Shared {
     /// The service's database, under [`APPLICATION_NAME`].
-    database: tokio_postgres::Config,
+    database: DbConfig,
     /// The service's shutdown: the hub stops and open streams end.
     shutdown: CancellationToken,
     state: Mutex<State>,
@@ -126,7 +127,7 @@ impl WatchHub {
     /// A hub for the service's `database`; it connects once [`run`] runs.
     ///
     /// [`run`]: WatchHub::run
-    pub fn new(database: &tokio_postgres::Config, shutdown: CancellationToken) -> Self {
+    pub fn new(database: &DbConfig, shutdown: CancellationToken) -> Self {
         let mut database = database.clone();
         database.application_name(APPLICATION_NAME);
         if database.get_connect_timeout().is_none() {
@@ -177,12 +178,7 @@ impl WatchHub {
     /// One connection's life. `Ok` means shutdown.
     async fn session(&self, retry: &mut Duration) -> anyhow::Result<()> {
         let shutdown = &self.shared.shutdown;
-        let (client, connection) = self
-            .shared
-            .database
-            .connect(NoTls)
-            .await
-            .context("connect")?;
+        let (client, connection) = self.shared.database.connect().await.context("connect")?;
         // The connection must be polled for queries to run; this also
         // yields the notifications.
         let mut driver = tokio::spawn(drive(connection, self.shared.clone()));
@@ -578,10 +574,7 @@ impl Statements {
 
 /// Polls the connection, handing each notification to the hub.
 async fn drive(
-    mut connection: tokio_postgres::Connection<
-        tokio_postgres::Socket,
-        tokio_postgres::tls::NoTlsStream,
-    >,
+    mut connection: PgConnection,
     shared: Arc<Shared>,
 ) -> Result<(), tokio_postgres::Error> {
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -689,7 +682,7 @@ mod tests {
     use super::*;
 
     fn hub() -> WatchHub {
-        let config: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
+        let config: DbConfig = "postgres://u@h/db".parse().unwrap();
         WatchHub::new(&config, CancellationToken::new())
     }
 

@@ -2,13 +2,15 @@
 //!
 //! Topology: one durable topic exchange for events (`ordermesh.events` by
 //! default); per consumer a durable queue bound to its routing keys, whose
-//! dead letters go through `<exchange>.dlx` to `<queue>.dlq`.
+//! dead letters go through `<exchange>.dlx` to `<queue>.dlq`, and retry
+//! queues `<queue>.retry.<ms>ms` that hold a message for their delay and
+//! then dead-letter it back to the queue ([`crate::redelivery`]).
 //!
 //! The consumer loop ([`run_consumer`]) acknowledges manually with bounded
 //! prefetch, runs the handler for up to `prefetch` deliveries at once, and
 //! reconnects with backoff when the broker goes away. The handler owns the
 //! exactly-once part (inbox + effect + outbox in one transaction); the loop
-//! only maps its verdict onto ack, requeue or dead-letter.
+//! only maps its verdict onto ack, a retry queue or the dead-letter queue.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,7 +22,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -29,6 +31,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::config::Secret;
+use crate::redelivery::{self, DeadLetterReason, Failure, RetryPolicy};
 
 /// Default URL of the local broker.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -67,7 +70,7 @@ impl std::str::FromStr for QueueType {
 }
 
 impl QueueType {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Classic => "classic",
             Self::Quorum => "quorum",
@@ -102,7 +105,8 @@ pub fn dead_letter_queue(queue: &str) -> String {
 /// connection; ordermesh's events are a few hundred bytes.
 pub const FRAME_MAX: u32 = 16_384;
 
-/// The broker URL, with [`FRAME_MAX`] unless it sets its own.
+/// The broker URL, with [`FRAME_MAX`] unless it sets its own. `amqps://`
+/// connects with TLS (port 5671 unless the URL names one).
 pub fn uri(config: &BrokerConfig) -> anyhow::Result<lapin::uri::AMQPUri> {
     let mut uri: lapin::uri::AMQPUri = config
         .url
@@ -115,8 +119,25 @@ pub fn uri(config: &BrokerConfig) -> anyhow::Result<lapin::uri::AMQPUri> {
     Ok(uri)
 }
 
-/// Opens a connection, retrying with backoff until it succeeds or
-/// `shutdown` fires.
+/// Opens one connection (TLS for `amqps://`: the system roots plus
+/// `AMQP_CA_FILE`, see [`crate::tls::amqp_tls`]), without retrying.
+pub async fn connect_once(config: &BrokerConfig, name: &str) -> anyhow::Result<Connection> {
+    let uri = uri(config)?;
+    let tls = crate::tls::amqp_tls(&crate::config::ProcessEnv)?;
+    Ok(open(uri, tls, name).await?)
+}
+
+async fn open(
+    uri: lapin::uri::AMQPUri,
+    tls: lapin::tcp::OwnedTLSConfig,
+    name: &str,
+) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect_uri_with_config(uri, props, tls, lapin::runtime::default_runtime()?).await
+}
+
+/// Opens a connection as [`connect_once`] does, retrying with backoff until
+/// it succeeds or `shutdown` fires.
 pub async fn connect(
     config: &BrokerConfig,
     name: &str,
@@ -124,9 +145,10 @@ pub async fn connect(
 ) -> anyhow::Result<Connection> {
     let mut delay = Duration::from_millis(100);
     let uri = uri(config)?;
+    // A bad AMQP_CA_FILE is a configuration error: no retrying.
+    let tls = crate::tls::amqp_tls(&crate::config::ProcessEnv)?;
     loop {
-        let props = ConnectionProperties::default().with_connection_name(name.into());
-        match Connection::connect_uri(uri.clone(), props).await {
+        match open(uri.clone(), tls.clone(), name).await {
             Ok(conn) => return Ok(conn),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "RabbitMQ not reachable; retrying");
@@ -172,6 +194,8 @@ pub struct QueueSpec {
 }
 
 /// Declares `spec` with its dead-letter queue and bindings (idempotent).
+/// The consumer loop also declares the retry queues
+/// ([`redelivery::declare_retry_queues`]) before it consumes.
 pub async fn declare_queue(
     channel: &Channel,
     config: &BrokerConfig,
@@ -238,6 +262,8 @@ pub struct Message {
     pub id: String,
     /// The AMQP `type`: the protobuf message name.
     pub event_type: String,
+    /// The key the event was published with, also after a retry or replay
+    /// (which travel by queue name).
     pub routing_key: String,
     pub payload: Vec<u8>,
     /// String-valued AMQP headers (e.g. `traceparent`).
@@ -282,7 +308,7 @@ impl Message {
         Ok(Self {
             id,
             event_type,
-            routing_key: delivery.routing_key.as_str().to_owned(),
+            routing_key: redelivery::original_route(delivery).1,
             payload: delivery.data.clone(),
             headers,
             redelivered: delivery.redelivered,
@@ -294,11 +320,12 @@ impl Message {
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
     /// The message can never be applied (undecodable, unknown type): it is
-    /// dead-lettered at once.
+    /// dead-lettered at once, the reason recorded.
     #[error("poison message: {0}")]
     Poison(String),
     /// Applying failed for a reason that may pass (database unavailable):
-    /// the message goes back to the queue after a pause.
+    /// the message comes back after a growing pause, and is dead-lettered
+    /// once it has failed [`RetryPolicy::max_attempts`] times.
     #[error("transient failure: {0:#}")]
     Transient(#[from] anyhow::Error),
 }
@@ -315,8 +342,8 @@ pub struct ConsumerConfig {
     pub queue: QueueSpec,
     /// Unacknowledged deliveries in flight, and handlers run at once.
     pub prefetch: u16,
-    /// Pause before a transiently failed message is requeued.
-    pub retry_delay: Duration,
+    /// When a transiently failed message is tried again, and how often.
+    pub retry: RetryPolicy,
 }
 
 /// Whether a consumer is connected and consuming, for readiness.
@@ -370,9 +397,16 @@ pub async fn run_consumer_with_status<H: Handler>(
     status: ConsumerStatus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(200);
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    let mut delay = FIRST_DELAY;
     while !shutdown.is_cancelled() {
         let result = consume_once(&config, &handler, &status, &shutdown).await;
+        // A connection that got as far as consuming was a success: the
+        // backoff starts over, so one cut costs the first delay, not the
+        // longest one reached by earlier outages.
+        if status.is_connected() {
+            delay = FIRST_DELAY;
+        }
         status.set(false);
         match result {
             Ok(()) => break,
@@ -403,9 +437,18 @@ async fn consume_once<H: Handler>(
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await
         .context("set prefetch")?;
+    // Retry and dead-letter copies are confirmed before the original is
+    // acknowledged.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("enable publisher confirms")?;
     declare_queue(&channel, &config.broker, &config.queue)
         .await
         .context("declare the queue")?;
+    redelivery::declare_retry_queues(&channel, &config.broker, &config.queue.name, &config.retry)
+        .await
+        .context("declare the retry queues")?;
     let consumer = channel
         .basic_consume(
             config.queue.name.as_str().into(),
@@ -419,6 +462,7 @@ async fn consume_once<H: Handler>(
     status.set(true);
 
     let mut failure: Option<anyhow::Error> = None;
+    let channel = &channel;
     let deliveries = tokio_stream::StreamExt::map_while(
         consumer.take_until(shutdown.cancelled()),
         |d| match d {
@@ -431,7 +475,7 @@ async fn consume_once<H: Handler>(
     );
     deliveries
         .for_each_concurrent(usize::from(config.prefetch.max(1)), |delivery| async move {
-            if let Err(e) = settle(config, handler.as_ref(), delivery).await {
+            if let Err(e) = settle(config, channel, handler.as_ref(), delivery).await {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "could not settle a delivery; the broker will redeliver it"
@@ -450,30 +494,38 @@ async fn consume_once<H: Handler>(
     Ok(())
 }
 
-/// Runs the handler on one delivery and acks, requeues or dead-letters it,
-/// inside a consumer span that continues the trace of the message's
-/// `traceparent` header, and counts the outcome.
+/// Runs the handler on one delivery and settles it, inside a consumer span
+/// that continues the trace of the message's `traceparent` header, and
+/// counts the outcome: success is acknowledged; a transient failure goes to
+/// the retry queue of its attempt, or once attempts run out to the
+/// dead-letter queue, as poison does at once. Those copies are confirmed
+/// before the original is acknowledged.
 async fn settle<H: Handler>(
     config: &ConsumerConfig,
+    channel: &Channel,
     handler: &H,
     delivery: lapin::message::Delivery,
-) -> lapin::Result<bool> {
-    use crate::metrics::{
-        CONSUMER_DEAD_LETTERED, CONSUMER_DUPLICATES, CONSUMER_DURATION, CONSUMER_PROCESSED,
-        CONSUMER_RETRIES,
-    };
+) -> anyhow::Result<()> {
+    use crate::metrics::{CONSUMER_DUPLICATES, CONSUMER_DURATION, CONSUMER_PROCESSED};
     let queue = config.queue.name.clone();
+    // Attempts that failed before this one, plus this one.
+    let attempt = redelivery::attempts(&delivery.properties).saturating_add(1);
     let message = match Message::from_delivery(&delivery) {
         Ok(m) => m,
         Err(reason) => {
             tracing::error!(queue = %config.queue.name, reason, "dead-lettering a message without identity");
-            ::metrics::counter!(CONSUMER_DEAD_LETTERED, "queue" => queue).increment(1);
-            return delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            return park(
+                config,
+                channel,
+                &delivery,
+                DeadLetterReason::NoMessageId,
+                attempt,
+                &reason,
+            )
+            .await;
         }
     };
+    let (exchange, _) = redelivery::original_route(&delivery);
     let span = tracing::info_span!(
         "amqp.process",
         otel.name = %format_args!("{queue} process"),
@@ -482,11 +534,14 @@ async fn settle<H: Handler>(
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = %delivery.exchange,
+        messaging.destination.name = %exchange,
         messaging.rabbitmq.destination.routing_key = %message.routing_key,
         messaging.message.id = %message.id,
         messaging.consumer.group.name = %queue,
+        ordermesh.attempt = attempt,
         ordermesh.outcome = Empty,
+        ordermesh.retry_delay_ms = Empty,
+        ordermesh.dead_letter_reason = Empty,
     );
     crate::propagation::set_remote_parent(&span, crate::propagation::extract_map(&message.headers));
     let id = message.id.clone();
@@ -506,38 +561,123 @@ async fn settle<H: Handler>(
                 };
                 tracing::Span::current().record("ordermesh.outcome", outcome);
                 ::metrics::counter!(counter, "queue" => queue).increment(1);
-                delivery.acker.ack(BasicAckOptions::default()).await
+                delivery.acker.ack(BasicAckOptions::default()).await.context("ack")?;
+                Ok(())
             }
             Err(HandleError::Poison(reason)) => {
                 tracing::error!(queue = %config.queue.name, message_id = %id, reason, "dead-lettering a poison message");
-                let span = tracing::Span::current();
-                span.record("ordermesh.outcome", "dead_lettered");
-                span.record("otel.status_code", "error");
-                ::metrics::counter!(CONSUMER_DEAD_LETTERED, "queue" => queue).increment(1);
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await
+                park(config, channel, &delivery, DeadLetterReason::Poison, attempt, &reason).await
+            }
+            Err(HandleError::Transient(e)) if attempt >= config.retry.max_attempts => {
+                let error = format!("{e:#}");
+                tracing::error!(queue = %config.queue.name, message_id = %id, attempt, error, "handler failed on the last attempt; dead-lettering");
+                park(config, channel, &delivery, DeadLetterReason::MaxAttempts, attempt, &error).await
             }
             Err(HandleError::Transient(e)) => {
-                tracing::warn!(queue = %config.queue.name, message_id = %id, error = format!("{e:#}"), "handler failed; requeueing");
-                let span = tracing::Span::current();
-                span.record("ordermesh.outcome", "retried");
-                span.record("otel.status_code", "error");
-                ::metrics::counter!(CONSUMER_RETRIES, "queue" => queue).increment(1);
-                tokio::time::sleep(config.retry_delay).await;
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
+                let error = format!("{e:#}");
+                let delay = config.retry.delay_after(attempt);
+                tracing::warn!(queue = %config.queue.name, message_id = %id, attempt, retry_in = ?delay, error, "handler failed; retrying later");
+                retry(config, channel, &delivery, attempt, delay, &error).await
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// Sends a transiently failed delivery to the retry queue for `delay` and
+/// acknowledges it once the broker confirmed the copy. If the copy fails,
+/// requeues the original after a pause instead.
+async fn retry(
+    config: &ConsumerConfig,
+    channel: &Channel,
+    delivery: &lapin::message::Delivery,
+    attempts: u32,
+    delay: Duration,
+    error: &str,
+) -> anyhow::Result<()> {
+    let span = tracing::Span::current();
+    span.record("ordermesh.outcome", "retried");
+    span.record("ordermesh.retry_delay_ms", delay.as_millis() as u64);
+    span.record("otel.status_code", "error");
+    ::metrics::counter!(crate::metrics::CONSUMER_RETRIES, "queue" => config.queue.name.clone())
+        .increment(1);
+    let failure = Failure {
+        queue: &config.queue.name,
+        attempts,
+        error,
+        reason: None,
+    };
+    let target = redelivery::retry_queue(&config.queue.name, delay);
+    let copy = redelivery::failure_properties(delivery, &failure);
+    match redelivery::publish_confirmed(channel, &target, &delivery.data, copy).await {
+        Ok(()) => {
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .context("ack")?;
+        }
+        Err(e) => {
+            tracing::warn!(queue = %config.queue.name, error = format!("{e:#}"), "could not send a message to its retry queue; requeueing it after a pause");
+            tokio::time::sleep(delay.min(config.retry.base_delay)).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .context("requeue")?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies a delivery into the dead-letter queue with why it is there and
+/// acknowledges it once the broker confirmed the copy. If the copy fails,
+/// rejects the original, which the queue's dead-letter exchange then parks
+/// (without the failure headers).
+async fn park(
+    config: &ConsumerConfig,
+    channel: &Channel,
+    delivery: &lapin::message::Delivery,
+    reason: DeadLetterReason,
+    attempts: u32,
+    error: &str,
+) -> anyhow::Result<()> {
+    let span = tracing::Span::current();
+    span.record("ordermesh.outcome", "dead_lettered");
+    span.record("ordermesh.dead_letter_reason", reason.as_str());
+    span.record("otel.status_code", "error");
+    ::metrics::counter!(crate::metrics::CONSUMER_DEAD_LETTERED, "queue" => config.queue.name.clone())
+        .increment(1);
+    let failure = Failure {
+        queue: &config.queue.name,
+        attempts,
+        error,
+        reason: Some(reason),
+    };
+    let dlq = dead_letter_queue(&config.queue.name);
+    let copy = redelivery::failure_properties(delivery, &failure);
+    match redelivery::publish_confirmed(channel, &dlq, &delivery.data, copy).await {
+        Ok(()) => {
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .context("ack")?;
+        }
+        Err(e) => {
+            tracing::warn!(queue = %config.queue.name, error = format!("{e:#}"), "could not copy a message to the dead-letter queue; rejecting it there instead");
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .context("reject")?;
+        }
+    }
+    Ok(())
 }
 
 tokio::task_local! {

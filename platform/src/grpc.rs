@@ -3,7 +3,8 @@
 //! transcoding on the same port ([`crate::rest`]), a server span and RPC
 //! metrics per call ([`crate::observe`]), and graceful shutdown on a token,
 //! on a listener the caller bound. HTTP/1.1 is accepted beside HTTP/2 for
-//! REST and the operational routes ([`crate::health::with_ops_routes`]).
+//! REST and the operational routes ([`crate::health::with_ops_routes`]),
+//! in plaintext or, given a [`ServerTls`], over TLS only.
 
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+
+use crate::tls::{ServerTls, TlsIncoming};
 
 /// Reflection services over the ordermesh descriptor set.
 pub fn reflection_routes(routes: Routes) -> anyhow::Result<Routes> {
@@ -28,10 +31,12 @@ pub fn reflection_routes(routes: Routes) -> anyhow::Result<Routes> {
 }
 
 /// Serves `routes` (plus reflection) on `listener` until `shutdown` fires,
-/// then stops accepting and waits for in-flight calls to finish.
+/// then stops accepting and waits for in-flight calls to finish. With
+/// `tls`, every connection must be TLS (ALPN `h2` or `http/1.1`).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let routes = reflection_routes(routes)?;
@@ -43,18 +48,29 @@ pub async fn serve(
             .await
             .context("build the REST gateway")?,
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
         // HTTP/1.1 too: Prometheus and probes call /metrics, /readyz over it.
         .accept_http1(true)
         // A server span, RPC metrics and the trace id on every response.
         .layer(crate::observe::ObserveLayer)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await
-        .context("serve gRPC")
+        .add_routes(routes);
+    match tls {
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            let incoming = TlsIncoming::new(listener, &tls).context("listen for TLS")?;
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+    }
+    .context("serve gRPC")
 }
 
 /// `INVALID_ARGUMENT` naming `field`, with a `google.rpc.BadRequest` detail
@@ -85,4 +101,24 @@ pub async fn health(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     (reporter, server)
+}
+
+/// Largest request message a service decodes; a larger one is refused with
+/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE; [`crate::observe`] fixes it).
+pub const ENV_MAX_MESSAGE_BYTES: &str = "GRPC_MAX_MESSAGE_BYTES";
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// [`ENV_MAX_MESSAGE_BYTES`]: a positive number of bytes.
+pub fn max_message_bytes(
+    env: &impl crate::config::Env,
+) -> Result<usize, crate::config::ConfigError> {
+    let limit = crate::config::parse(env, ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES)?;
+    if limit == 0 {
+        return Err(crate::config::invalid(
+            ENV_MAX_MESSAGE_BYTES,
+            0,
+            "must be at least 1",
+        ));
+    }
+    Ok(limit)
 }

@@ -151,15 +151,14 @@ impl BrokerProbe {
             return Ok(());
         }
         *connection = None;
-        let props =
-            lapin::ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connect = lapin::Connection::connect(self.config.url.expose(), props);
+        // As the services connect: amqps:// with AMQP_CA_FILE included.
+        let connect = crate::amqp::connect_once(&self.config, &self.name);
         match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
             Ok(Ok(c)) => {
                 *connection = Some(c);
                 Ok(())
             }
-            Ok(Err(e)) => Err(format!("broker: {e}")),
+            Ok(Err(e)) => Err(format!("broker: {e:#}")),
             Err(_) => Err(format!("broker: no answer within {PROBE_TIMEOUT:?}")),
         }
     }

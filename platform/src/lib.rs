@@ -2,9 +2,13 @@
 //! rules: configuration from the environment ([`config`]), PostgreSQL pools
 //! and migrations ([`db`]), the transactional outbox ([`outbox`]) and
 //! consumer inbox ([`inbox`]), RabbitMQ topology and the consumer loop
-//! ([`amqp`]), gRPC serving with reflection and health ([`grpc`]), REST/JSON
-//! transcoded from the `google.api.http` annotations ([`rest`]), signals
-//! ([`shutdown`]), supervised tasks ([`tasks`]), and observability: logs
+//! ([`amqp`]) with its retries and dead letters ([`redelivery`]), gRPC
+//! serving with reflection and health ([`grpc`]), bearer tokens, the
+//! caller's identity and rate limits on every call ([`auth`]), REST/JSON
+//! transcoded from
+//! the `google.api.http` annotations ([`rest`]), signals ([`shutdown`]),
+//! supervised tasks ([`tasks`]), TLS for listeners and clients ([`tls`]),
+//! and observability: logs
 //! and traces ([`telemetry`]), W3C trace context across gRPC, outbox rows
 //! and AMQP ([`propagation`]), a server span and RPC metrics per request
 //! ([`observe`]), Prometheus metrics ([`metrics`]), liveness and readiness
@@ -13,6 +17,7 @@
 //! It imports no service; services import it and `ordermesh-proto`.
 
 pub mod amqp;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod grpc;
@@ -23,9 +28,11 @@ pub mod observe;
 pub mod outbox;
 pub mod page_token;
 pub mod propagation;
+pub mod redelivery;
 pub mod rest;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;

@@ -22,9 +22,10 @@ pub const RPC_DURATION: &str = "ordermesh_rpc_duration_seconds";
 pub const CONSUMER_PROCESSED: &str = "ordermesh_consumer_processed_total";
 /// Deliveries skipped because the inbox had seen their id; label `queue`.
 pub const CONSUMER_DUPLICATES: &str = "ordermesh_consumer_duplicates_total";
-/// Deliveries requeued after a transient failure; label `queue`.
+/// Deliveries sent to a retry queue after a transient failure; label `queue`.
 pub const CONSUMER_RETRIES: &str = "ordermesh_consumer_retries_total";
-/// Deliveries parked in the dead-letter queue; label `queue`.
+/// Deliveries parked in the dead-letter queue (poison, out of attempts, or
+/// without a message id); label `queue`.
 pub const CONSUMER_DEAD_LETTERED: &str = "ordermesh_consumer_dead_lettered_total";
 /// Handler time per delivery; label `queue`.
 pub const CONSUMER_DURATION: &str = "ordermesh_consumer_handle_duration_seconds";
@@ -134,7 +135,7 @@ fn describe() {
     );
     describe_counter!(
         CONSUMER_RETRIES,
-        "deliveries requeued after a transient failure"
+        "deliveries sent to a retry queue after a transient failure"
     );
     describe_counter!(
         CONSUMER_DEAD_LETTERED,

@@ -5,6 +5,7 @@
 //! get an HTTP server span. Every traced response carries the trace id back
 //! in `x-trace-id` and `traceparent`. Health checks, reflection and the
 //! operational routes (`/metrics`, `/healthz`, `/readyz`) are not traced.
+//! An oversized request message is answered RESOURCE_EXHAUSTED here.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -121,6 +122,9 @@ where
                 let call = span.in_scope(|| inner.call(request));
                 Box::pin(async move {
                     let mut result = call.instrument(span.clone()).await;
+                    if let Ok(response) = &mut result {
+                        oversized_is_resource_exhausted(response.headers_mut());
+                    }
                     let code = match &result {
                         Ok(response) => grpc_code(response.headers()),
                         Err(_) => 2, // UNKNOWN: the transport failed
@@ -175,6 +179,23 @@ fn grpc_code(headers: &http::HeaderMap) -> i32 {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// tonic refuses a request message over the service's
+/// `max_decoding_message_size` with OUT_OF_RANGE; gRPC's code for it is
+/// RESOURCE_EXHAUSTED, which clients and retry policies expect. Every call
+/// passes here, so this is where it is corrected.
+fn oversized_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() == tonic::Code::OutOfRange
+        && status
+            .message()
+            .starts_with("Error, decoded message length too large")
+    {
+        let _ = tonic::Status::resource_exhausted(status.message()).add_header(headers);
+    }
 }
 
 /// Codes that mean the server failed, per the RPC semantic conventions.
@@ -262,6 +283,26 @@ mod tests {
         assert!(is_infrastructure(
             "grpc.reflection.v1alpha.ServerReflection"
         ));
+    }
+
+    #[test]
+    fn an_oversized_message_is_resource_exhausted() {
+        let too_large = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes",
+        );
+        let mut headers = http::HeaderMap::new();
+        too_large.add_header(&mut headers).unwrap();
+        oversized_is_resource_exhausted(&mut headers);
+        let status = tonic::Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), too_large.message());
+
+        let mut headers = http::HeaderMap::new();
+        tonic::Status::out_of_range("page 9 of 3")
+            .add_header(&mut headers)
+            .unwrap();
+        oversized_is_resource_exhausted(&mut headers);
+        assert_eq!(code_name(grpc_code(&headers)), "OUT_OF_RANGE");
     }
 
     #[test]

@@ -8,10 +8,20 @@
 use std::sync::Mutex;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use tokio_postgres::NoTls;
 
 use crate::amqp::{BrokerConfig, dead_letter_queue};
 use crate::config::Secret;
+use crate::redelivery::{RetryPolicy, retry_queue};
+
+/// Retries for tests: quick, and enough of them to ride out a brief
+/// conflict (10 attempts, 25 ms doubling up to 200 ms).
+pub fn fast_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 10,
+        base_delay: std::time::Duration::from_millis(25),
+        max_delay: std::time::Duration::from_millis(200),
+    }
+}
 
 /// PostgreSQL server used by tests: `TEST_PG_URL` (any database on it), or
 /// the local server.
@@ -48,16 +58,18 @@ impl TestDatabase {
     /// A unique, created (empty) database.
     pub async fn create() -> Self {
         let db = Self::new();
-        let config: tokio_postgres::Config = db.url.parse().expect("test URL parses");
+        let config: crate::db::DbConfig = db.url.parse().expect("test URL parses");
         crate::db::ensure_database(&config)
             .await
             .expect("create the test database");
         db
     }
 
-    /// A plain client on this database.
+    /// A plain client on this database (TLS as the URL's `sslmode` says).
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+        let config: crate::db::DbConfig = self.url.parse().expect("test URL parses");
+        let (client, connection) = config
+            .connect()
             .await
             .expect("connect to the test database");
         tokio::spawn(connection);
@@ -94,7 +106,8 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
         run_blocking(async move {
-            let (client, connection) = tokio_postgres::connect(&server_url(), NoTls).await?;
+            let config: crate::db::DbConfig = server_url().parse()?;
+            let (client, connection) = config.connect().await?;
             tokio::spawn(connection);
             client
                 .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -110,6 +123,8 @@ pub struct TestBroker {
     /// Prefix for this test's queue names.
     pub prefix: String,
     queues: Mutex<Vec<String>>,
+    /// Policies whose retry queues are deleted with each queue.
+    retry_policies: Mutex<Vec<RetryPolicy>>,
 }
 
 impl TestBroker {
@@ -123,11 +138,14 @@ impl TestBroker {
             },
             prefix,
             queues: Mutex::new(Vec::new()),
+            retry_policies: Mutex::new(vec![RetryPolicy::default(), fast_retry_policy()]),
         }
     }
 
     /// A queue name under this broker's prefix, deleted (with its dead-letter
-    /// queue) when the broker is dropped.
+    /// queue, and its retry queues under the default policy,
+    /// [`fast_retry_policy`] and any [`TestBroker::track_retry_policy`]) when
+    /// the broker is dropped.
     pub fn queue(&self, name: &str) -> String {
         let full = format!("{}.{name}", self.prefix);
         self.queues.lock().unwrap().push(full.clone());
@@ -137,6 +155,11 @@ impl TestBroker {
     /// Registers a queue created by something else for deletion.
     pub fn track_queue(&self, full_name: &str) {
         self.queues.lock().unwrap().push(full_name.to_owned());
+    }
+
+    /// Deletes the retry queues of `policy` too when the broker is dropped.
+    pub fn track_retry_policy(&self, policy: &RetryPolicy) {
+        self.retry_policies.lock().unwrap().push(policy.clone());
     }
 }
 
@@ -149,12 +172,22 @@ impl Default for TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let queues = std::mem::take(&mut *self.queues.lock().unwrap());
+        let mut delays: Vec<_> = self
+            .retry_policies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(RetryPolicy::delays)
+            .collect();
+        delays.sort();
+        delays.dedup();
         let config = self.config.clone();
         run_blocking(async move {
             let conn = lapin::Connection::connect(config.url.expose(), Default::default()).await?;
             let channel = conn.create_channel().await?;
             for q in &queues {
-                for name in [q.clone(), dead_letter_queue(q)] {
+                let retries = delays.iter().map(|d| retry_queue(q, *d));
+                for name in [q.clone(), dead_letter_queue(q)].into_iter().chain(retries) {
                     channel
                         .queue_delete(name.into(), QueueDeleteOptions::default())
                         .await?;
@@ -242,5 +275,64 @@ mod tests {
             super::rebuild_url("postgres://u@h:1", "x"),
             "postgres://u@h:1/x"
         );
+    }
+}
+
+/// A REST answer as [`rest_call`] returns it: the body as JSON when it is
+/// JSON, else as a JSON string of its text.
+#[derive(Debug)]
+pub struct RestAnswer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+/// One HTTP/1.1 call to `http://{addr}{path}`, with `authorization: Bearer
+/// <bearer>` when given and a JSON `body` when given.
+pub async fn rest_call(
+    addr: impl std::fmt::Display,
+    method: http::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> RestAnswer {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let response = client
+        .request(
+            request
+                .body(Full::new(bytes::Bytes::from(body)))
+                .expect("a valid request"),
+        )
+        .await
+        .expect("REST call");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("read the body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
+    RestAnswer {
+        status,
+        headers,
+        body,
     }
 }

@@ -73,7 +73,8 @@ impl Deposit {
 
 /// A customer id: required, at most [`MAX_ID_CHARS`] characters.
 pub fn parse_customer_id(value: String) -> Result<String, Error> {
-    if value.is_empty() {
+    // Blank is missing, as order-svc has it: "  " is nobody's id.
+    if value.trim().is_empty() {
         return Err(Error::invalid("customer_id", "is required"));
     }
     parse_id("customer_id", value)
@@ -138,6 +139,10 @@ mod tests {
     fn customer_id_is_required_and_bounded() {
         assert_eq!(
             field(parse_customer_id(String::new()).unwrap_err()),
+            "customer_id"
+        );
+        assert_eq!(
+            field(parse_customer_id(" \t ".into()).unwrap_err()),
             "customer_id"
         );
         assert!(parse_customer_id("é".repeat(MAX_ID_CHARS)).is_ok());

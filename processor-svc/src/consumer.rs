@@ -14,6 +14,10 @@
 //! no order id, data the database refuses, a cancel naming another customer
 //! than the one charged) is poison and dead-lettered at once; any other
 //! database failure is transient and the message is requeued.
+//!
+//! [`AbortAfterCommit`] is a fault-injection knob for chaos runs
+//! (`PROCESSOR_CHAOS_ABORT_AFTER_COMMIT_PERMILLE`, off by default): it
+//! crashes the process between a settlement's commit and its ack.
 
 use ordermesh_platform::amqp::{HandleError, Handler, Message};
 use ordermesh_platform::outbox::OutboxEvent;
@@ -35,16 +39,67 @@ pub enum OrderEvent {
     Cancelled(Cancellation),
 }
 
+/// Fault injection for chaos runs: after a committed settlement (or
+/// cancel), abort the process with this probability, before the handler
+/// returns and so before the message is acknowledged. The broker then
+/// redelivers a message whose effect is already committed, which is the
+/// case the inbox exists for. Off (0 per mille) by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AbortAfterCommit {
+    permille: u16,
+}
+
+impl AbortAfterCommit {
+    /// Aborts after `permille` of every 1,000 commits (capped at 1,000).
+    pub fn new(permille: u16) -> Self {
+        Self {
+            permille: permille.min(1000),
+        }
+    }
+
+    pub fn permille(self) -> u16 {
+        self.permille
+    }
+
+    pub fn is_enabled(self) -> bool {
+        self.permille > 0
+    }
+
+    /// Called right after a commit: maybe `std::process::abort()` (no
+    /// unwinding, no drain, no ack), as a crash at the worst moment would.
+    fn after_commit(self, message_id: &str) {
+        if self.permille > 0 && rand::random_range(0..1000u16) < self.permille {
+            tracing::error!(
+                message_id,
+                permille = self.permille,
+                "fault injection: aborting after the commit, before the ack"
+            );
+            std::process::abort();
+        }
+    }
+}
+
 /// Pays for new orders and refunds cancelled ones.
 #[derive(Debug, Clone)]
 pub struct OrderEventHandler {
     store: Store,
     embargo: Embargo,
+    abort_after_commit: AbortAfterCommit,
 }
 
 impl OrderEventHandler {
     pub fn new(store: Store, embargo: Embargo) -> Self {
-        Self { store, embargo }
+        Self {
+            store,
+            embargo,
+            abort_after_commit: AbortAfterCommit::default(),
+        }
+    }
+
+    /// Turns on the fault-injection knob (chaos runs only).
+    pub fn with_abort_after_commit(mut self, knob: AbortAfterCommit) -> Self {
+        self.abort_after_commit = knob;
+        self
     }
 
     // The spans below are children of the platform's consumer span
@@ -63,6 +118,8 @@ impl OrderEventHandler {
             })
             .await
             .map_err(store_error)?;
+        // Committed; the ack comes after this handler returns.
+        self.abort_after_commit.after_commit(message_id);
         match settlement {
             Settlement::Decided(Decision::Pay { amount_minor }) => {
                 tracing::info!(amount_minor, "payment succeeded");
@@ -96,6 +153,7 @@ impl OrderEventHandler {
             .cancel_order(CONSUMER, message_id, &cancellation, refund_event)
             .await
             .map_err(store_error)?;
+        self.abort_after_commit.after_commit(message_id);
         match outcome {
             CancelOutcome::Refunded { amount_minor } => {
                 tracing::info!(
@@ -398,6 +456,16 @@ mod tests {
         let body = events::PaymentFailed::decode(failed.payload.as_slice()).unwrap();
         assert_eq!(body.reason, "embargo: teapot");
         assert_eq!(body.customer_id, "c-1");
+    }
+
+    #[test]
+    fn the_abort_knob_is_off_by_default_and_capped() {
+        assert!(!AbortAfterCommit::default().is_enabled());
+        assert_eq!(AbortAfterCommit::new(5000).permille(), 1000);
+        // Off, it never aborts (the test process would die otherwise).
+        for _ in 0..10_000 {
+            AbortAfterCommit::new(0).after_commit("m-1");
+        }
     }
 
     #[test]

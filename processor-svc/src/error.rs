@@ -20,6 +20,16 @@ pub enum Error {
     DepositConflict(String),
     #[error("the deposit would overflow the balance")]
     BalanceOverflow,
+    /// Register: the customer id already has credentials.
+    #[error("customer {0:?} is already registered")]
+    AlreadyRegistered(String),
+    /// Login: an unknown customer id or a wrong password, told apart
+    /// nowhere, so callers cannot probe for registered ids.
+    #[error("wrong customer id or password")]
+    WrongCredentials,
+    /// Hashing a password failed (not the caller's fault).
+    #[error("password hashing: {0}")]
+    PasswordHash(String),
     #[error("database: {0}")]
     Database(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]

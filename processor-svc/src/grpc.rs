@@ -1,7 +1,14 @@
 //! `ordermesh.payment.v1.AccountService` over gRPC. Handlers only decode
-//! the request into domain types, call the store and encode the answer;
-//! [`Error`] becomes a `tonic::Status` in one place, below.
+//! the request into domain types, check that the caller may act for its
+//! customer, call the store and encode the answer; [`Error`] becomes a
+//! `tonic::Status` in one place, below.
+//!
+//! Authorization: a customer token reaches only its own account. Another
+//! customer's account is NOT_FOUND, as if it did not exist (so ids cannot be
+//! probed), except CreateAccount, which is PERMISSION_DENIED. An admin
+//! token acts for every customer.
 
+use ordermesh_platform::auth::{self, Caller};
 use ordermesh_proto::payment::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -33,8 +40,12 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let new = NewAccount::parse(r.customer_id, r.currency_code)?;
+        if !caller.may_act_for(&new.customer_id) {
+            return Err(auth::permission_denied("customer_id", &new.customer_id));
+        }
         let account = self.store.create_account(&new).await?;
         Ok(Response::new(pb::CreateAccountResponse {
             account: Some(account.into()),
@@ -45,8 +56,10 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::DepositRequest>,
     ) -> Result<Response<pb::DepositResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let deposit = Deposit::parse(r.customer_id, r.amount_minor, r.deposit_id)?;
+        owned(&caller, &deposit.customer_id)?;
         let account = self.store.deposit(&deposit).await?;
         Ok(Response::new(pb::DepositResponse {
             account: Some(account.into()),
@@ -57,7 +70,9 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let customer_id = parse_customer_id(request.into_inner().customer_id)?;
+        owned(&caller, &customer_id)?;
         let account = self.store.get_account(&customer_id).await?;
         Ok(Response::new(pb::GetAccountResponse {
             account: Some(account.into()),
@@ -68,8 +83,10 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let query = TransactionQuery::parse(r.customer_id, r.page_size, &r.page_token)?;
+        owned(&caller, &query.customer_id)?;
         let page = self.store.list_transactions(&query).await?;
         let next_page_token = match page.transactions.last() {
             Some(last) if page.more => query.page_token(last.seq),
@@ -79,6 +96,16 @@ impl pb::account_service_server::AccountService for AccountApi {
             transactions: page.transactions.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+}
+
+/// NOT_FOUND, as for a missing account, unless `caller` may act for
+/// `customer_id`.
+fn owned(caller: &Caller, customer_id: &str) -> Result<(), Error> {
+    if caller.may_act_for(customer_id) {
+        Ok(())
+    } else {
+        Err(Error::AccountNotFound(customer_id.to_owned()))
     }
 }
 
@@ -136,6 +163,14 @@ impl From<Error> for Status {
             )),
             Error::BalanceOverflow => {
                 Status::failed_precondition("the deposit would exceed the largest balance")
+            }
+            Error::AlreadyRegistered(id) => {
+                Status::already_exists(format!("customer {id:?} is already registered"))
+            }
+            Error::WrongCredentials => Status::unauthenticated("wrong customer_id or password"),
+            Error::PasswordHash(e) => {
+                tracing::error!(error = %e, "password hashing failed");
+                Status::internal("internal error")
             }
             Error::Pool(e) => {
                 tracing::error!(error = %e, "no database connection");

@@ -12,10 +12,15 @@
 //! debit is refunded once and `payment.refunded` enqueued. The relay later
 //! publishes the outbox to the order service.
 //!
-//! [`Config`], [`migrate`] and [`run`] are what `main.rs` and the
-//! integration tests use.
+//! It also serves `ordermesh.auth.v1.AuthService` ([`auth`]: register and
+//! log in for a bearer token). Every other call needs a token; a customer
+//! token reaches only its own account (see [`grpc`]).
+//!
+//! [`Config`], [`migrate`], [`run`] and [`issue_token`] are what `main.rs`
+//! and the integration tests use.
 
 pub mod account;
+pub mod auth;
 pub mod consumer;
 mod error;
 pub mod grpc;
@@ -29,15 +34,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, ConsumerStatus, QueueSpec};
+use ordermesh_platform::auth::{Auth, AuthConfig, Role, Signer, TokenConfig};
 use ordermesh_platform::config::{self, ConfigError, Env};
 use ordermesh_platform::health::{Probe, Readiness};
+use ordermesh_platform::redelivery::RetryPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 
 pub use error::Error;
 
-use crate::consumer::OrderEventHandler;
+use crate::auth::AuthApi;
+use crate::consumer::{AbortAfterCommit, OrderEventHandler};
 use crate::grpc::AccountApi;
 use crate::rules::Embargo;
 use crate::store::Store;
@@ -58,8 +66,13 @@ pub const ENV_DB_POOL_SIZE: &str = "DB_POOL_SIZE";
 pub const DEFAULT_DB_POOL_SIZE: usize = 16;
 pub const ENV_SHUTDOWN_GRACE_MS: &str = "SHUTDOWN_GRACE_MS";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Pause before a message that failed transiently goes back to the queue.
-pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Fault injection, for chaos runs only (`make chaos`): the process aborts
+/// after this many of every 1,000 committed settlements, between the commit
+/// and the ack, so the broker redelivers a message whose effect is already
+/// in the database. Off (0) unless set; never set it in production.
+pub const ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE: &str =
+    "PROCESSOR_CHAOS_ABORT_AFTER_COMMIT_PERMILLE";
+pub const DEFAULT_CHAOS_ABORT_AFTER_COMMIT_PERMILLE: u16 = 0;
 
 /// The gRPC service name, as health checks and reflection know it.
 pub const GRPC_SERVICE: &str =
@@ -70,8 +83,11 @@ pub const GRPC_SERVICE: &str =
 pub struct Config {
     /// Where `main` binds gRPC; tests bind their own listener.
     pub addr: SocketAddr,
-    /// The processor's database (created when missing).
-    pub database: tokio_postgres::Config,
+    /// The processor's database (and its `sslmode`; created when missing).
+    pub database: ordermesh_platform::db::DbConfig,
+    /// TLS for the gRPC/REST port (`TLS_CERT_FILE`, `TLS_KEY_FILE`);
+    /// `None` serves plaintext.
+    pub tls: Option<ordermesh_platform::tls::ServerTls>,
     pub db_pool_size: usize,
     pub broker: BrokerConfig,
     /// The queue bound to `order.created` and `order.cancelled`; dead
@@ -84,15 +100,27 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Inbox entries older than this are deleted (`INBOX_RETENTION_HOURS`).
     pub inbox_retention: Duration,
-    /// Not an environment variable: tests shorten it.
-    pub retry_delay: Duration,
+    /// Larger gRPC request messages are refused (`GRPC_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
+    /// Retries of a transiently failed event (`AMQP_MAX_ATTEMPTS`,
+    /// `AMQP_RETRY_BASE_MS`, `AMQP_RETRY_MAX_MS`).
+    pub retry: RetryPolicy,
+    /// Fault injection (`PROCESSOR_CHAOS_ABORT_AFTER_COMMIT_PERMILLE`):
+    /// abort after a committed settlement, before its ack. 0 in production.
+    pub chaos_abort_after_commit: AbortAfterCommit,
+    /// Bearer token verification and rate limits (`AUTH_JWT_SECRET`,
+    /// `AUTH_JWT_PUBLIC_KEYS`, `AUTH_JWKS_FILE`, `RATE_LIMIT_*`).
+    pub auth: AuthConfig,
+    /// How issued tokens are signed (`AUTH_JWT_SIGNING_KEY_FILE`,
+    /// `AUTH_TOKEN_TTL_S`).
+    pub tokens: TokenConfig,
 }
 
 impl Config {
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let addr = config::parse(env, ENV_ADDR, default_addr())?;
         let url = config::string(env, ENV_DATABASE_URL, DEFAULT_DATABASE_URL);
-        let database = ordermesh_platform::db::parse_url(ENV_DATABASE_URL, &url)?;
+        let database = ordermesh_platform::db::parse_url(env, ENV_DATABASE_URL, &url)?;
         let db_pool_size = config::parse(env, ENV_DB_POOL_SIZE, DEFAULT_DB_POOL_SIZE)?;
         if db_pool_size == 0 {
             return Err(config::invalid(ENV_DB_POOL_SIZE, 0, "must be at least 1"));
@@ -106,9 +134,22 @@ impl Config {
             ENV_EMBARGOED_SKUS,
             DEFAULT_EMBARGOED_SKUS,
         ));
+        let abort_permille = config::parse(
+            env,
+            ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE,
+            DEFAULT_CHAOS_ABORT_AFTER_COMMIT_PERMILLE,
+        )?;
+        if abort_permille > 1000 {
+            return Err(config::invalid(
+                ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE,
+                abort_permille,
+                "must be at most 1000",
+            ));
+        }
         Ok(Self {
             addr,
             database,
+            tls: ordermesh_platform::tls::ServerTls::from_env(env)?,
             db_pool_size,
             broker: BrokerConfig::from_env(env)?,
             queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
@@ -116,7 +157,11 @@ impl Config {
             embargo,
             shutdown_grace: config::millis(env, ENV_SHUTDOWN_GRACE_MS, DEFAULT_SHUTDOWN_GRACE)?,
             inbox_retention: ordermesh_platform::inbox::retention_from_env(env)?,
-            retry_delay: DEFAULT_RETRY_DELAY,
+            max_message_bytes: ordermesh_platform::grpc::max_message_bytes(env)?,
+            retry: RetryPolicy::from_env(env)?,
+            chaos_abort_after_commit: AbortAfterCommit::new(abort_permille),
+            auth: AuthConfig::from_env(env)?,
+            tokens: TokenConfig::from_env(env)?,
         })
     }
 
@@ -134,6 +179,19 @@ impl Config {
 
 fn default_addr() -> SocketAddr {
     DEFAULT_ADDR.parse().expect("the default address parses")
+}
+
+/// A token for `subject` as `role`, signed with the configured key
+/// (`processor-svc token`); `ttl` overrides `AUTH_TOKEN_TTL_S`.
+pub fn issue_token(
+    config: &Config,
+    subject: &str,
+    role: Role,
+    ttl: Option<Duration>,
+) -> Result<String, ConfigError> {
+    let signer = Signer::from_config(&config.auth, &config.tokens)?;
+    let ttl = ttl.unwrap_or(signer.ttl());
+    Ok(signer.issue_for(subject, role, ttl).token)
 }
 
 /// Creates the database if missing and applies the migrations.
@@ -156,6 +214,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The token keys first: without them the service does not start.
+    let auth = Arc::new(Auth::from_config(&config.auth)?);
+    let signer = Arc::new(Signer::from_config(&config.auth, &config.tokens)?);
+    signer.check_against(auth.verifier())?;
     let pool = ordermesh_platform::db::connect_and_migrate(
         &config.database,
         config.db_pool_size,
@@ -179,18 +241,34 @@ pub async fn run(
         },
         Probe::Consumer(consumer_status.clone()),
     ];
-    let routes = tonic::service::Routes::new(health)
-        .add_service(AccountApi::new(store.clone()).into_server());
+    let routes = tonic::service::Routes::new(health).add_service(
+        AccountApi::new(store.clone())
+            .into_server()
+            .max_decoding_message_size(config.max_message_bytes),
+    );
     // /healthz, /readyz and /metrics on the gRPC port.
-    let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness);
+    let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness)
+        .add_service(AuthApi::new(store.clone(), signer).into_server());
+    // Bearer tokens on every call but health, reflection, AuthService and
+    // the operational routes; rate limits per caller.
+    let routes = ordermesh_platform::auth::protect(routes, auth);
 
     let consumer = ConsumerConfig {
         broker: config.broker.clone(),
         queue: config.queue_spec(),
         prefetch: config.prefetch,
-        retry_delay: config.retry_delay,
+        retry: config.retry.clone(),
     };
-    let handler = Arc::new(OrderEventHandler::new(store, config.embargo.clone()));
+    let handler = Arc::new(
+        OrderEventHandler::new(store, config.embargo.clone())
+            .with_abort_after_commit(config.chaos_abort_after_commit),
+    );
+    if config.chaos_abort_after_commit.is_enabled() {
+        tracing::warn!(
+            permille = config.chaos_abort_after_commit.permille(),
+            "fault injection on ({ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE}): the process will abort between settlement commits and their acks"
+        );
+    }
     tracing::info!(
         queue = %config.queue,
         embargoed_skus = ?config.embargo.skus().collect::<Vec<_>>(),
@@ -200,7 +278,7 @@ pub async fn run(
     let mut tasks = ordermesh_platform::tasks::Tasks::new(shutdown.clone());
     tasks.spawn(
         "grpc",
-        ordermesh_platform::grpc::serve(listener, routes, shutdown.clone()),
+        ordermesh_platform::grpc::serve(listener, routes, config.tls.clone(), shutdown.clone()),
     );
     tasks.spawn(
         "readiness",
@@ -251,6 +329,7 @@ mod tests {
             c.queue_spec().routing_keys,
             ["order.created", "order.cancelled"]
         );
+        assert!(!c.chaos_abort_after_commit.is_enabled());
     }
 
     #[test]
@@ -261,8 +340,10 @@ mod tests {
             (ENV_PREFETCH, "8"),
             (ENV_SHUTDOWN_GRACE_MS, "250"),
             ("AMQP_EXCHANGE", "x"),
+            (ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE, "5"),
         ]))
         .unwrap();
+        assert_eq!(c.chaos_abort_after_commit.permille(), 5);
         assert_eq!(c.addr.port(), 7000);
         assert!(c.embargo.contains("dynamite") && !c.embargo.contains("teapot"));
         assert_eq!(c.prefetch, 8);
@@ -279,6 +360,8 @@ mod tests {
             (ENV_PREFETCH, "70000"),
             (ENV_DB_POOL_SIZE, "0"),
             (ENV_SHUTDOWN_GRACE_MS, "soon"),
+            (ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE, "1001"),
+            (ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE, "often"),
         ] {
             let err = Config::from_env(&env(&[(name, value)])).unwrap_err();
             assert_eq!(err.name, name, "{value}");

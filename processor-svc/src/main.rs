@@ -1,6 +1,6 @@
-//! The `processor-svc` binary: reads the configuration, then either serves
-//! (the default) or only migrates the database. Everything else is in the
-//! library.
+//! The `processor-svc` binary: reads the configuration, then serves (the
+//! default), only migrates the database, or prints a signed token.
+//! Everything else is in the library.
 
 use std::process::ExitCode;
 
@@ -23,6 +23,19 @@ enum Command {
     Serve,
     /// Create and migrate the database, then exit.
     Migrate,
+    /// Print a bearer token signed with the configured key
+    /// (AUTH_JWT_SIGNING_KEY_FILE, else AUTH_JWT_SECRET) to stdout.
+    Token {
+        /// The token's subject: a customer id, or an operator's name.
+        #[arg(long)]
+        subject: String,
+        /// customer or admin.
+        #[arg(long, default_value = "customer")]
+        role: ordermesh_platform::auth::Role,
+        /// Lifetime in seconds (default: AUTH_TOKEN_TTL_S, 3600).
+        #[arg(long = "ttl-s", value_parser = clap::value_parser!(u64).range(1..))]
+        ttl_s: Option<u64>,
+    },
 }
 
 #[tokio::main]
@@ -39,6 +52,23 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => processor_svc::migrate(&config).await,
+        Command::Token {
+            subject,
+            role,
+            ttl_s,
+        } => {
+            let ttl = ttl_s.map(std::time::Duration::from_secs);
+            match processor_svc::issue_token(&config, &subject, role, ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => {
+                    tracing::error!(variable = %e.name, "{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
     };
     // Export the spans still queued before the process exits.
     ordermesh_platform::telemetry::shutdown().await;
@@ -55,7 +85,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("bind {}", config.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
+    tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "gRPC listening");
     let shutdown = ordermesh_platform::shutdown::on_signal();
     processor_svc::run(config, listener, shutdown).await
 }

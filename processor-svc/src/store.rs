@@ -12,6 +12,7 @@
 //! guarded status update make every later message a no-op.
 
 use deadpool_postgres::Pool;
+use ordermesh_platform::auth::Role;
 use ordermesh_platform::outbox::{self, OutboxEvent};
 use tokio_postgres::Row;
 
@@ -499,6 +500,49 @@ impl Store {
             .map(transaction_from_row)
             .collect();
         Ok(TransactionPage { transactions, more })
+    }
+
+    /// Stores the credentials of a new customer; `AlreadyRegistered` if the
+    /// id has some.
+    #[tracing::instrument(skip(self, password_hash))]
+    pub async fn register(
+        &self,
+        customer_id: &str,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<(), Error> {
+        let conn = self.pool.get().await?;
+        let inserted = conn
+            .execute(
+                r#"INSERT INTO credentials (customer_id, password_hash, role)
+                   VALUES ($1, $2, $3)
+                   ON CONFLICT (customer_id) DO NOTHING"#,
+                &[&customer_id, &password_hash, &role.as_str()],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(Error::AlreadyRegistered(customer_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The password hash and role of a registered customer.
+    #[tracing::instrument(skip(self))]
+    pub async fn credentials(&self, customer_id: &str) -> Result<Option<(String, Role)>, Error> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                r#"SELECT password_hash, role FROM credentials WHERE customer_id = $1"#,
+                &[&customer_id],
+            )
+            .await?;
+        Ok(row.map(|row| {
+            let role: &str = row.get("role");
+            let role = role
+                .parse()
+                .expect("the role CHECK allows only known roles");
+            (row.get("password_hash"), role)
+        }))
     }
 }
 

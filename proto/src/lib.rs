@@ -1,7 +1,8 @@
 //! The ordermesh wire contracts, generated from the `.proto` files beside
-//! this crate: `order::v1` (OrderService), `payment::v1` (AccountService) and
-//! `events::v1` (the messages carried over RabbitMQ), plus the encoded file
-//! descriptor set used for gRPC reflection and REST transcoding.
+//! this crate: `order::v1` (OrderService), `payment::v1` (AccountService),
+//! `auth::v1` (AuthService: registration and tokens) and `events::v1` (the
+//! messages carried over RabbitMQ), plus the encoded file descriptor set
+//! used for gRPC reflection and REST transcoding.
 //!
 //! This crate imports nothing of ours. Conversions from these wire types into
 //! a service's domain types live in that service, at the handler boundary.
@@ -26,6 +27,12 @@ pub mod order {
 pub mod payment {
     pub mod v1 {
         tonic::include_proto!("ordermesh.payment.v1");
+    }
+}
+
+pub mod auth {
+    pub mod v1 {
+        tonic::include_proto!("ordermesh.auth.v1");
     }
 }
 

@@ -115,7 +115,7 @@ pub struct WorkerConfig {
     /// Label for logs: the database name, never the URL.
     pub source: String,
     /// The source database, for the lease connection.
-    pub database: tokio_postgres::Config,
+    pub database: ordermesh_platform::db::DbConfig,
     /// This relay's name in `pg_stat_activity`.
     pub instance: String,
     pub broker: BrokerConfig,

@@ -26,9 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ordermesh_platform::db::DbConfig;
 use ordermesh_platform::outbox::{PARTITIONS, WARM_LOCK_CLASS};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::store::{self, LEASE_APPLICATION_PREFIX, LEASE_LOCK_CLASS};
 
@@ -84,7 +85,7 @@ pub struct Lease {
 impl Lease {
     /// Opens the lease connection. It holds no partition yet.
     pub async fn connect(
-        config: &tokio_postgres::Config,
+        config: &DbConfig,
         instance: &str,
         shared: Arc<AtomicU64>,
     ) -> Result<Self, LeaseError> {
@@ -102,7 +103,7 @@ impl Lease {
                 "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 \
                  -c client_connection_check_interval=1000 -c lock_timeout=2000",
             );
-        let (client, connection) = timed(config.connect(NoTls)).await?;
+        let (client, connection) = timed(config.connect()).await?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "lease connection ended");

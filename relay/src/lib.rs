@@ -11,8 +11,12 @@
 //! The relay knows no business rules: rows are opaque (routing key, type,
 //! payload, headers), so it serves any database with the platform outbox.
 //! Delivery is at least once; consumers deduplicate on the message id.
+//!
+//! `relay dlq` ([`dlq`]) lists, shows and replays the messages the
+//! consumers parked in their dead-letter queues.
 
 pub mod admin;
+pub mod dlq;
 pub mod drain;
 pub mod lease;
 pub mod listen;
@@ -65,7 +69,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Source {
     /// The database name, for logs.
     pub name: String,
-    pub config: tokio_postgres::Config,
+    /// Its URL's settings, `sslmode` included.
+    pub config: db::DbConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +93,9 @@ pub struct Config {
     /// This relay's name in `pg_stat_activity` (default: host name and pid).
     pub instance: String,
     pub admin_addr: SocketAddr,
+    /// TLS for the admin port (`TLS_CERT_FILE`, `TLS_KEY_FILE`); `None`
+    /// serves plaintext.
+    pub tls: Option<ordermesh_platform::tls::ServerTls>,
     /// How long in-flight batches get to finish after shutdown.
     pub shutdown_grace: Duration,
 }
@@ -96,7 +104,7 @@ impl Config {
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let mut sources = Vec::new();
         for url in config::list(env, ENV_SOURCES, DEFAULT_SOURCES) {
-            let config = db::parse_url(ENV_SOURCES, &url)?;
+            let config = db::parse_url(env, ENV_SOURCES, &url)?;
             let name = config.get_dbname().unwrap_or_default().to_owned();
             sources.push(Source { name, config });
         }
@@ -138,6 +146,7 @@ impl Config {
                 ENV_ADMIN_ADDR,
                 DEFAULT_ADMIN_ADDR.parse().expect("valid default"),
             )?,
+            tls: ordermesh_platform::tls::ServerTls::from_env(env)?,
             shutdown_grace: config::millis(env, ENV_SHUTDOWN_GRACE_MS, DEFAULT_SHUTDOWN_GRACE)?,
         })
     }
@@ -159,7 +168,12 @@ pub async fn run(
     ))];
     tasks.spawn(
         "admin",
-        admin::serve(admin, readiness.clone(), shutdown.clone()),
+        admin::serve(
+            admin,
+            config.tls.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        ),
     );
     for source in &config.sources {
         let wake = Arc::new(Notify::new());

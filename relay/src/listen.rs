@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
+use ordermesh_platform::db::DbConfig;
 use ordermesh_platform::outbox::NOTIFY_CHANNEL;
 use tokio::sync::{Notify, mpsc};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 /// Listens until `shutdown`, reconnecting with backoff.
 pub async fn run_listener(
     source: String,
-    config: tokio_postgres::Config,
+    config: DbConfig,
     wake: Arc<Notify>,
     held: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -42,12 +43,12 @@ pub async fn run_listener(
 /// One connection's worth of listening. `Ok` means shutdown.
 async fn listen_once(
     source: &str,
-    config: &tokio_postgres::Config,
+    config: &DbConfig,
     wake: &Notify,
     held: &AtomicU64,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let (client, mut connection) = config.connect(NoTls).await.context("connect")?;
+    let (client, mut connection) = config.connect().await.context("connect")?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     // The connection must be polled for the client's queries to run; this
     // poll also yields the notifications.

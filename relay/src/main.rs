@@ -1,6 +1,7 @@
-//! `relay`: drains the outbox of every source database into RabbitMQ.
+//! `relay`: drains the outbox of every source database into RabbitMQ;
+//! `relay dlq ...` inspects and replays dead-lettered messages.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ordermesh_platform::{config::ProcessEnv, shutdown, telemetry};
 
 /// Relays outbox rows from PostgreSQL to RabbitMQ. Configured by environment
@@ -8,11 +9,34 @@ use ordermesh_platform::{config::ProcessEnv, shutdown, telemetry};
 /// RELAY_ADMIN_ADDR, AMQP_URL, AMQP_EXCHANGE, SHUTDOWN_GRACE_MS).
 #[derive(Parser)]
 #[command(version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List, show and replay dead-lettered messages (AMQP_URL, ORDER_QUEUE,
+    /// PROCESSOR_QUEUE).
+    Dlq {
+        #[command(subcommand)]
+        command: relay::dlq::Command,
+    },
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    Cli::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Dlq { command }) = cli.command {
+        let config = match relay::dlq::Config::from_env(&ProcessEnv) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("relay: {e}");
+                std::process::exit(2);
+            }
+        };
+        return relay::dlq::run(command, &config, &mut std::io::stdout().lock()).await;
+    }
     telemetry::init();
     let config = match relay::Config::from_env(&ProcessEnv) {
         Ok(c) => c,

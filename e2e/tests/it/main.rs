@@ -1,6 +1,7 @@
 //! End-to-end tests on the real binaries. Build them first
 //! (`cargo build --bins`; `make test` does).
 
+mod auth;
 mod cancellation;
 mod collector;
 mod dashboard;

@@ -1,5 +1,7 @@
 //! Starts the three binaries on free ports with a fresh pair of databases
-//! and a unique exchange, and connects gRPC clients to them.
+//! and a unique exchange, and connects gRPC clients to them. The services
+//! verify bearer tokens with [`AUTH_SECRET`]; [`Mesh::orders`] and
+//! [`Mesh::accounts`] act as an admin.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -9,12 +11,32 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use ordermesh_platform::auth::{Bearer, Role};
 use ordermesh_platform::testing::{TestBroker, TestDatabase};
 use ordermesh_proto::order::v1::order_service_client::OrderServiceClient;
 use ordermesh_proto::payment::v1::account_service_client::AccountServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub const BINARIES: [&str; 3] = ["order-svc", "processor-svc", "relay"];
+
+/// The HS256 secret (`AUTH_JWT_SECRET`) of every binary the mesh starts.
+pub const AUTH_SECRET: &str = "e2e-tests-hs256-secret-0123456789abcdef";
+
+/// An OrderService client sending a bearer token.
+pub type Orders = OrderServiceClient<InterceptedService<Channel, Bearer>>;
+/// An AccountService client sending a bearer token.
+pub type Accounts = AccountServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A token for `subject` as `role`, signed with [`AUTH_SECRET`].
+pub fn token(subject: &str, role: Role) -> String {
+    ordermesh_platform::auth::mint_hs256(AUTH_SECRET, subject, role, Duration::from_secs(3600))
+}
+
+/// A token that acts for every customer.
+pub fn admin_token() -> String {
+    token("e2e-admin", Role::Admin)
+}
 
 /// The built binary `name`, next to this test's own `deps` directory.
 pub fn binary(name: &str) -> PathBuf {
@@ -76,6 +98,7 @@ impl Mesh {
                 broker.queue("processor-svc.order-created"),
             ),
             ("RUST_LOG", "warn".to_owned()),
+            ("AUTH_JWT_SECRET", AUTH_SECRET.to_owned()),
         ]);
         for (k, v) in extra {
             env.insert(k, (*v).to_owned());
@@ -124,12 +147,27 @@ impl Mesh {
         }
     }
 
-    pub async fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::new(connect(&self.order_addr).await)
+    /// An OrderService client acting as an admin.
+    pub async fn orders(&self) -> Orders {
+        self.orders_as(&admin_token()).await
     }
 
-    pub async fn accounts(&self) -> AccountServiceClient<Channel> {
-        AccountServiceClient::new(connect(&self.processor_addr).await)
+    /// An AccountService client acting as an admin.
+    pub async fn accounts(&self) -> Accounts {
+        self.accounts_as(&admin_token()).await
+    }
+
+    /// An OrderService client sending `token`.
+    pub async fn orders_as(&self, token: &str) -> Orders {
+        OrderServiceClient::with_interceptor(connect(&self.order_addr).await, Bearer::new(token))
+    }
+
+    /// An AccountService client sending `token`.
+    pub async fn accounts_as(&self, token: &str) -> Accounts {
+        AccountServiceClient::with_interceptor(
+            connect(&self.processor_addr).await,
+            Bearer::new(token),
+        )
     }
 }
 

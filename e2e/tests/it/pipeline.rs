@@ -3,14 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use ordermesh_proto::order::v1::order_service_client::OrderServiceClient;
 use ordermesh_proto::order::v1::{
     CreateOrderRequest, GetOrderRequest, ListOrdersRequest, Order, OrderItem, OrderStatus,
 };
 use ordermesh_proto::payment::v1::{CreateAccountRequest, DepositRequest, GetAccountRequest};
-use tonic::transport::Channel;
 
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, Orders};
 
 pub fn item(sku: &str, quantity: i32, unit_price_minor: i64) -> OrderItem {
     OrderItem {
@@ -30,11 +28,7 @@ pub fn order(order_id: &str, customer: &str, items: Vec<OrderItem>) -> CreateOrd
 }
 
 /// Polls GetOrder until the order leaves PENDING or `timeout` passes.
-pub async fn settled(
-    client: &mut OrderServiceClient<Channel>,
-    order_id: &str,
-    timeout: Duration,
-) -> Order {
+pub async fn settled(client: &mut Orders, order_id: &str, timeout: Duration) -> Order {
     let deadline = Instant::now() + timeout;
     loop {
         let order = client

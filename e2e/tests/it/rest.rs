@@ -15,29 +15,29 @@ use hyper_util::rt::TokioExecutor;
 use ordermesh_platform::rest::{self, Binding};
 use serde_json::{Value, json};
 
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, admin_token};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// How long an asynchronous result (an order paid) may take.
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// One REST answer.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    content_type: String,
-    headers: http::HeaderMap,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: http::HeaderMap,
+    pub body: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 
     /// Asserts a `google.rpc.Status` error answer and returns its body.
-    fn error(&self, status: u16, code: i32) -> Value {
+    pub fn error(&self, status: u16, code: i32) -> Value {
         assert_eq!(self.status, status, "{self:?}");
         assert_eq!(self.content_type, "application/json", "{self:?}");
         let body = self.json();
@@ -50,7 +50,12 @@ impl Answer {
     }
 }
 
-async fn send(
+/// Pass in `send`'s headers for a request without `Authorization`.
+pub const NO_TOKEN: (&str, &str) = ("authorization", "");
+
+/// One REST call. It carries an admin bearer token unless `headers` has an
+/// `authorization` of its own, or [`NO_TOKEN`].
+pub async fn send(
     client: &HttpClient,
     addr: &str,
     method: Method,
@@ -61,8 +66,18 @@ async fn send(
     let mut request = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));
+    let mut authorized = false;
     for (k, v) in headers {
+        if k.eq_ignore_ascii_case("authorization") {
+            authorized = true;
+            if v.is_empty() {
+                continue;
+            }
+        }
         request = request.header(*k, *v);
+    }
+    if !authorized {
+        request = request.header("authorization", format!("Bearer {}", admin_token()));
     }
     if body.is_some() {
         request = request.header("content-type", "application/json");
@@ -101,7 +116,7 @@ async fn send(
     }
 }
 
-fn http1() -> HttpClient {
+pub fn http1() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
@@ -112,9 +127,11 @@ fn http2() -> HttpClient {
 }
 
 /// True when every key of `expected` is in `actual` with a matching value
-/// (recursively; arrays match element by element, as a prefix).
+/// (recursively; arrays match element by element, as a prefix). The string
+/// `"*"` matches any value but null.
 fn contains(actual: &Value, expected: &Value) -> bool {
     match (actual, expected) {
+        (actual, Value::String(any)) if any == "*" => !actual.is_null(),
         (Value::Object(a), Value::Object(e)) => e
             .iter()
             .all(|(k, v)| a.get(k).is_some_and(|av| contains(av, v))),
@@ -145,6 +162,25 @@ struct Case {
 /// earlier ones created). A new annotated RPC needs an entry here.
 fn cases(customer: &str, order: &str) -> Vec<Case> {
     vec![
+        // AuthService is called without a token.
+        Case {
+            rpc: "ordermesh.auth.v1.AuthService.Register",
+            method: "POST",
+            template: "/v1/auth:register",
+            path: "/v1/auth:register".into(),
+            body: Some(json!({"customerId": customer, "password": "rest walk-through"})),
+            expect: json!({"accessToken": "*", "expireTime": "*"}),
+            eventually: false,
+        },
+        Case {
+            rpc: "ordermesh.auth.v1.AuthService.Login",
+            method: "POST",
+            template: "/v1/auth:login",
+            path: "/v1/auth:login".into(),
+            body: Some(json!({"customerId": customer, "password": "rest walk-through"})),
+            expect: json!({"accessToken": "*", "expireTime": "*"}),
+            eventually: false,
+        },
         Case {
             rpc: "ordermesh.payment.v1.AccountService.CreateAccount",
             method: "POST",
@@ -265,7 +301,9 @@ fn rpc_name(binding: &Binding) -> String {
 fn address<'a>(mesh: &'a Mesh, service: &str) -> &'a str {
     match service {
         "ordermesh.order.v1.OrderService" => &mesh.order_addr,
-        "ordermesh.payment.v1.AccountService" => &mesh.processor_addr,
+        "ordermesh.payment.v1.AccountService" | "ordermesh.auth.v1.AuthService" => {
+            &mesh.processor_addr
+        }
         other => panic!("no binary known to serve {other}: add it to rest.rs address()"),
     }
 }
@@ -329,13 +367,18 @@ async fn every_http_rule_is_called_over_rest() {
         let addr = address(&mesh, binding.method.parent_service().full_name());
         let method = Method::from_bytes(case.method.as_bytes()).unwrap();
         let deadline = tokio::time::Instant::now() + PATIENCE;
+        let headers: &[(&str, &str)] = if case.rpc.starts_with("ordermesh.auth.") {
+            &[NO_TOKEN]
+        } else {
+            &[]
+        };
         loop {
             let answer = send(
                 &client,
                 addr,
                 method.clone(),
                 &case.path,
-                &[],
+                headers,
                 case.body.as_ref().map(Value::to_string),
             )
             .await;
@@ -530,11 +573,24 @@ async fn each_service_documents_only_its_own_rules() {
     let mesh = Mesh::start(&[]).await;
     let client = http1();
     let bindings = all_bindings();
-    for (addr, service) in [
-        (&mesh.order_addr, "ordermesh.order.v1.OrderService"),
-        (&mesh.processor_addr, "ordermesh.payment.v1.AccountService"),
+    let processor: &[&str] = &[
+        "ordermesh.payment.v1.AccountService",
+        "ordermesh.auth.v1.AuthService",
+    ];
+    for (addr, services) in [
+        (&mesh.order_addr, &["ordermesh.order.v1.OrderService"][..]),
+        (&mesh.processor_addr, processor),
     ] {
-        let answer = send(&client, addr, Method::GET, "/openapi.json", &[], None).await;
+        // The documentation needs no token.
+        let answer = send(
+            &client,
+            addr,
+            Method::GET,
+            "/openapi.json",
+            &[NO_TOKEN],
+            None,
+        )
+        .await;
         assert_eq!(answer.status, 200);
         let doc = answer.json();
         assert_eq!(doc["openapi"], "3.1.0");
@@ -546,14 +602,14 @@ async fn each_service_documents_only_its_own_rules() {
         }
         let mut expected: Vec<String> = bindings
             .iter()
-            .filter(|b| b.method.parent_service().full_name() == service)
+            .filter(|b| services.contains(&b.method.parent_service().full_name()))
             .map(|b| format!("{} {}", b.http_method, b.template.openapi_path()))
             .collect();
         documented.sort();
         expected.sort();
-        assert_eq!(documented, expected, "{service}");
+        assert_eq!(documented, expected, "{services:?}");
 
-        let answer = send(&client, addr, Method::GET, "/docs", &[], None).await;
+        let answer = send(&client, addr, Method::GET, "/docs", &[NO_TOKEN], None).await;
         assert_eq!(answer.status, 200);
         assert!(answer.body.contains("/openapi.json"));
     }

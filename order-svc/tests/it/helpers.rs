@@ -2,11 +2,13 @@
 //! call the API, publish payment results, look at the database.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation, Connection};
 use order_svc::Config;
+use ordermesh_platform::auth::{Bearer, Role};
 use ordermesh_platform::testing::{TestBroker, TestDatabase, eventually};
 use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1 as pb;
@@ -14,6 +16,7 @@ use pb::order_service_client::OrderServiceClient;
 use prost::{Message as _, Name};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -22,10 +25,37 @@ use tonic_types::StatusExt;
 /// How long a test waits for something asynchronous to happen.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The HS256 secret the test services verify tokens with.
+pub const AUTH_SECRET: &str = "order-svc-tests-hs256-secret-0123456789";
+
+/// An OrderService client that sends a bearer token on every call.
+pub type Client = OrderServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A token for `subject` as `role`, signed with [`AUTH_SECRET`].
+pub fn token(subject: &str, role: Role) -> String {
+    ordermesh_platform::auth::mint_hs256(AUTH_SECRET, subject, role, Duration::from_secs(600))
+}
+
+/// A client on `channel` sending `token`.
+pub fn client_with_token(channel: Channel, token: &str) -> Client {
+    OrderServiceClient::with_interceptor(channel, Bearer::new(token))
+}
+
+/// A client on `channel` acting as an admin (every customer's orders).
+pub fn admin_client(channel: Channel) -> Client {
+    client_with_token(channel, &token("test-admin", Role::Admin))
+}
+
 /// A running order-svc and its private resources. Dropping it stops the
 /// service, then removes the database and the broker names.
 pub struct TestApp {
-    pub client: OrderServiceClient<Channel>,
+    /// Acts as an admin (see [`admin_client`]).
+    pub client: Client,
+    /// The connection of `client`, for other clients (other tokens, none,
+    /// health, reflection).
+    pub channel: Channel,
+    /// Where the service listens (gRPC and REST).
+    pub addr: SocketAddr,
     pub config: Config,
     /// A publisher channel (with confirms) on the test broker.
     pub amqp: lapin::Channel,
@@ -38,6 +68,11 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], after `customize` had a go at the configuration.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     let db = TestDatabase::new();
     let broker = TestBroker::new();
     let queue = broker.queue("payment-results");
@@ -52,11 +87,13 @@ pub async fn spawn_app() -> TestApp {
         ("AMQP_PREFETCH", "1".to_owned()),
         ("DB_POOL_SIZE", "4".to_owned()),
         ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
+        ("AUTH_JWT_SECRET", AUTH_SECRET.to_owned()),
     ]
     .into_iter()
     .collect();
     let mut config = Config::from_env(&env).expect("test configuration");
-    config.retry_delay = Duration::from_millis(50);
+    config.retry = ordermesh_platform::testing::fast_retry_policy();
+    customize(&mut config);
 
     // The queue exists before anything is published, so a message sent
     // before the consumer is up waits in it instead of being dropped.
@@ -108,7 +145,9 @@ pub async fn spawn_app() -> TestApp {
     };
 
     TestApp {
-        client: OrderServiceClient::new(channel),
+        client: admin_client(channel.clone()),
+        channel,
+        addr,
         config,
         amqp,
         shutdown,

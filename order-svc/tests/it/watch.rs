@@ -13,6 +13,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use order_svc::watch::{APPLICATION_NAME, CHANNEL, LOCK_CLASS};
+use ordermesh_platform::auth::Role;
 use ordermesh_platform::testing::eventually;
 use ordermesh_proto::order::v1 as pb;
 use serde_json::Value;
@@ -21,7 +22,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-use crate::helpers::{PATIENCE, TestApp, assert_invalid, order_request, spawn_app};
+use crate::helpers::{PATIENCE, TestApp, assert_invalid, order_request, spawn_app, token};
 
 const PENDING: i32 = pb::OrderStatus::Pending as i32;
 const PAID: i32 = pb::OrderStatus::Paid as i32;
@@ -285,8 +286,10 @@ async fn a_watch_over_rest_streams_ndjson_until_the_terminal_state() {
     // be applied by either: both hubs get the NOTIFY).
     let (addr, shutdown, task) = second_replica(&app).await;
     let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let admin = format!("Bearer {}", token("test-admin", Role::Admin));
     let get = |path: String| {
         let request = http::Request::get(format!("http://{addr}{path}"))
+            .header("authorization", admin.as_str())
             .body(Empty::new())
             .unwrap();
         http.request(request)

@@ -6,7 +6,7 @@
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http::header::{ALLOW, CONTENT_TYPE};
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::Value;
@@ -14,6 +14,10 @@ use tonic::Code;
 
 /// Type URL prefix of `google.protobuf.Any` details.
 const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
+
+/// Metadata of a failed call that becomes an HTTP header of the error
+/// answer: the bearer challenge of a 401, the wait of a 429.
+pub const ERROR_HEADERS: &[&str] = &["www-authenticate", "retry-after"];
 
 /// The HTTP status grpc-gateway answers a gRPC `code` with.
 pub fn http_status(code: Code) -> StatusCode {
@@ -46,6 +50,8 @@ pub struct RestError {
     pub details: Vec<String>,
     /// The `Allow` header of a 405.
     pub allow: Option<HeaderValue>,
+    /// Further headers of the answer (see [`ERROR_HEADERS`]).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RestError {
@@ -56,6 +62,7 @@ impl RestError {
             message: message.into(),
             details: Vec::new(),
             allow: None,
+            headers: Vec::new(),
         }
     }
 
@@ -123,6 +130,13 @@ impl RestError {
             status.code(),
             status.message().to_owned(),
         );
+        let metadata = status.metadata().as_ref();
+        for name in ERROR_HEADERS {
+            for value in metadata.get_all(*name) {
+                err.headers
+                    .push((HeaderName::from_static(name), value.clone()));
+            }
+        }
         if !status.details().is_empty() {
             match tonic_types::Status::decode(status.details()) {
                 Ok(decoded) => {
@@ -187,6 +201,9 @@ impl IntoResponse for RestError {
         if let Some(allow) = self.allow {
             response.headers_mut().insert(ALLOW, allow);
         }
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
         response
     }
 }
@@ -221,6 +238,34 @@ mod tests {
         for (code, http) in table {
             assert_eq!(http_status(code).as_u16(), http, "{code:?}");
         }
+    }
+
+    #[test]
+    fn auth_and_rate_limit_hints_become_headers() {
+        let pool = super::super::descriptor_pool().unwrap();
+        let err = RestError::from_status(
+            &crate::auth::unauthenticated(crate::auth::TokenError::Missing),
+            &pool,
+        );
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        let err = RestError::from_status(
+            &crate::auth::rate_limited(std::time::Duration::from_secs(3)),
+            &pool,
+        );
+        assert_eq!(
+            err.body()["details"][0]["@type"],
+            "type.googleapis.com/google.rpc.RetryInfo"
+        );
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "3");
     }
 
     #[test]

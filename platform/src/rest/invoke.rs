@@ -58,6 +58,7 @@ impl Invoker {
         method: &MethodDescriptor,
         message: &DynamicMessage,
         metadata: HeaderMap,
+        extensions: http::Extensions,
         deadline: Option<Instant>,
     ) -> Result<(HeaderMap, Body), Status> {
         let mut frame = BytesMut::with_capacity(5 + message.encoded_len());
@@ -75,6 +76,7 @@ impl Invoker {
             .version(Version::HTTP_2)
             .body(Body::from(frame.freeze()))
             .map_err(|e| Status::internal(format!("build the request: {e}")))?;
+        *request.extensions_mut() = extensions;
         let headers = request.headers_mut();
         *headers = metadata;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -115,9 +117,12 @@ impl Invoker {
         method: &MethodDescriptor,
         message: &DynamicMessage,
         metadata: HeaderMap,
+        extensions: http::Extensions,
         deadline: Option<Instant>,
     ) -> Result<Unary, Status> {
-        let (headers, body) = self.start(method, message, metadata, deadline).await?;
+        let (headers, body) = self
+            .start(method, message, metadata, extensions, deadline)
+            .await?;
         let mut frames = Frames::new(body, &headers, method.output(), deadline);
         let mut answer = None;
         while let Some(item) = frames.next_message().await {
@@ -141,9 +146,12 @@ impl Invoker {
         method: &MethodDescriptor,
         message: &DynamicMessage,
         metadata: HeaderMap,
+        extensions: http::Extensions,
         deadline: Option<Instant>,
     ) -> Result<(HeaderMap, Frames), Status> {
-        let (headers, body) = self.start(method, message, metadata, deadline).await?;
+        let (headers, body) = self
+            .start(method, message, metadata, extensions, deadline)
+            .await?;
         let frames = Frames::new(body, &headers, method.output(), deadline);
         Ok((response_metadata(&headers), frames))
     }

@@ -45,7 +45,8 @@ use invoke::Invoker;
 pub const ENV_MAX_BODY_BYTES: &str = "REST_MAX_BODY_BYTES";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Request headers passed on to the service as gRPC metadata (besides
+/// Request headers passed on to the service as gRPC metadata (`authorization`
+/// carries the bearer token, see [`crate::auth`]; besides
 /// `grpc-metadata-<name>`, passed on as `<name>`).
 pub const FORWARDED_HEADERS: &[&str] =
     &["authorization", "traceparent", "tracestate", "x-request-id"];
@@ -294,12 +295,13 @@ impl Gateway {
 
         let message = json::request_message(binding, &captured, parts.uri.query(), &body)?;
         let (metadata, deadline) = request_metadata(&parts.headers)?;
+        let extensions = forwarded_extensions(&parts.extensions);
         let pool = &self.inner.pool;
         let invoker = &self.inner.invoker;
 
         if binding.method.is_server_streaming() {
             let (headers, mut frames) = invoker
-                .server_streaming(&binding.method, &message, metadata, deadline)
+                .server_streaming(&binding.method, &message, metadata, extensions, deadline)
                 .await
                 .map_err(|s| RestError::from_status(&s, pool))?;
             // Wait for the first message, so a call that fails at once gets
@@ -336,7 +338,7 @@ impl Gateway {
         }
 
         let answer = invoker
-            .unary(&binding.method, &message, metadata, deadline)
+            .unary(&binding.method, &message, metadata, extensions, deadline)
             .await
             .map_err(|s| RestError::from_status(&s, pool))?;
         let body = json::response_json(binding, &answer.message)?;
@@ -404,8 +406,28 @@ fn request_metadata(headers: &HeaderMap) -> Result<(HeaderMap, Option<Instant>),
     Ok((metadata, deadline))
 }
 
+/// What the in-process call keeps of the HTTP request's extensions: the
+/// connection's peer address, which anonymous callers are rate-limited by
+/// ([`crate::auth`]).
+fn forwarded_extensions(outer: &http::Extensions) -> http::Extensions {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let mut extensions = http::Extensions::new();
+    if let Some(info) = outer.get::<TcpConnectInfo>() {
+        extensions.insert(info.clone());
+    }
+    if let Some(info) = outer.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        extensions.insert(info.clone());
+    }
+    extensions
+}
+
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit.
 pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    // ASCII only, so the unit is the last byte (and splitting cannot land
+    // inside a character).
+    if !text.is_ascii() {
+        return None;
+    }
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -429,6 +451,8 @@ mod tests {
     #[test]
     fn grpc_timeouts() {
         assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5é"), None);
+        assert_eq!(parse_grpc_timeout("é"), None);
         assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         for bad in ["", "m", "100", "123456789m", "1.5S", "-1S", "10x"] {

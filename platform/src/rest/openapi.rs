@@ -79,6 +79,9 @@ fn summary(description: &str) -> String {
 }
 
 /// Builds the document for `bindings`.
+/// The name of the bearer token scheme in `components.securitySchemes`.
+const BEARER_SCHEME: &str = "bearerAuth";
+
 pub fn document(pool: &DescriptorPool, bindings: &[Binding], title: &str) -> Value {
     let comments = Comments::new(pool);
     let mut generator = Generator {
@@ -125,7 +128,20 @@ pub fn document(pool: &DescriptorPool, bindings: &[Binding], title: &str) -> Val
         },
         "tags": tags,
         "paths": paths,
-        "components": {"schemas": generator.schemas},
+        // Every operation takes `Authorization: Bearer <jwt>` (crate::auth)
+        // unless it says otherwise (AuthService's).
+        "security": [{BEARER_SCHEME: []}],
+        "components": {
+            "schemas": generator.schemas,
+            "securitySchemes": {BEARER_SCHEME: {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A token from AuthService (`/v1/auth:login`) or \
+                    `processor-svc token`; missing or invalid: 401, over the rate \
+                    limit: 429 with `Retry-After`.",
+            }},
+        },
     })
 }
 
@@ -418,6 +434,10 @@ impl Generator<'_> {
                 "content": {"application/json": {"schema": result}},
             })
         };
+        if service.full_name() == crate::auth::AUTH_SERVICE {
+            // Registering and logging in need no token.
+            op["security"] = json!([]);
+        }
         op["responses"] = json!({
             "200": ok,
             "default": {
@@ -545,6 +565,25 @@ mod tests {
         assert!(uint64.is_match("9223372036854775808"));
         assert!(!uint64.is_match("18446744073709551616"));
         assert!(!uint64.is_match("20000000000000000000"));
+    }
+
+    #[test]
+    fn operations_need_a_bearer_token_but_auth_service_ones() {
+        let pool = crate::rest::descriptor_pool().unwrap();
+        let services: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
+        let bindings = crate::rest::http_rule::bindings(&pool, &services).unwrap();
+        let doc = super::document(&pool, &bindings, "t");
+        assert_eq!(doc["security"], serde_json::json!([{"bearerAuth": []}]));
+        let scheme = &doc["components"]["securitySchemes"]["bearerAuth"];
+        assert_eq!(
+            (&scheme["type"], &scheme["scheme"]),
+            (&"http".into(), &"bearer".into())
+        );
+        assert_eq!(
+            doc["paths"]["/v1/auth:login"]["post"]["security"],
+            serde_json::json!([])
+        );
+        assert!(doc["paths"]["/v1/orders"]["post"].get("security").is_none());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use ordermesh_platform::{db, inbox};
-use tokio_postgres::NoTls;
 
 /// A migrated scratch database, dropped at the end of the test.
 async fn scratch() -> (String, deadpool_postgres::Pool) {
@@ -14,7 +13,7 @@ async fn scratch() -> (String, deadpool_postgres::Pool) {
         "om_test_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    let mut config: tokio_postgres::Config = server.parse().unwrap();
+    let mut config: db::DbConfig = server.parse().unwrap();
     config.dbname(&name);
     db::ensure_database(&config).await.unwrap();
     let pool = db::pool(config, 2).unwrap();
@@ -27,7 +26,8 @@ async fn scratch() -> (String, deadpool_postgres::Pool) {
 async fn drop_database(name: &str) {
     let server = std::env::var("TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (client, connection) = tokio_postgres::connect(&server, NoTls).await.unwrap();
+    let config: db::DbConfig = server.parse().unwrap();
+    let (client, connection) = config.connect().await.unwrap();
     tokio::spawn(connection);
     client
         .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))

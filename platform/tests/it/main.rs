@@ -1,6 +1,10 @@
 //! Integration tests of the platform crate (one binary, see STYLE.md).
 
+mod db_tls;
+mod fuzz;
 mod inbox;
+mod redelivery;
 mod rest;
 mod rest_serve;
 mod rest_support;
+mod tls;

@@ -113,6 +113,7 @@ async fn serve_puts_grpc_and_rest_on_one_port() {
     let server = tokio::spawn(ordermesh_platform::grpc::serve(
         listener,
         tonic::service::Routes::new(health),
+        None,
         shutdown.clone(),
     ));
 

@@ -3,11 +3,13 @@
 //! is not running, so outbox rows stay where the service wrote them).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
+use ordermesh_platform::auth::{Bearer, Role};
 use ordermesh_platform::testing::{TestBroker, TestDatabase, eventually};
 use ordermesh_proto::events::v1::{OrderCancelled, OrderCreated};
 use ordermesh_proto::order::v1::OrderItem;
@@ -17,16 +19,41 @@ use processor_svc::Config;
 use processor_svc::store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// How long a test waits for something asynchronous to happen.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The HS256 secret the test services sign and verify tokens with.
+pub const AUTH_SECRET: &str = "processor-svc-tests-hs256-secret-0123456789";
+
+/// An AccountService client that sends a bearer token on every call.
+pub type Client = AccountServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A token for `subject` as `role`, signed with [`AUTH_SECRET`].
+pub fn token(subject: &str, role: Role) -> String {
+    ordermesh_platform::auth::mint_hs256(AUTH_SECRET, subject, role, Duration::from_secs(600))
+}
+
+/// A client on `channel` sending `token`.
+pub fn client_with_token(channel: Channel, token: &str) -> Client {
+    AccountServiceClient::with_interceptor(channel, Bearer::new(token))
+}
+
+/// A client on `channel` acting as an admin (every customer's account).
+pub fn admin_client(channel: Channel) -> Client {
+    client_with_token(channel, &token("test-admin", Role::Admin))
+}
+
 /// A running processor-svc with its own database, exchange and queue.
 pub struct TestApp {
-    pub client: AccountServiceClient<Channel>,
+    /// Acts as an admin (see [`admin_client`]).
+    pub client: Client,
     /// The client's connection, for other services on the same server.
     pub channel: Channel,
+    /// Where the service listens (gRPC and REST).
+    pub addr: SocketAddr,
     /// The queue bound to `order.created` and `order.cancelled` (dead
     /// letters: `<queue>.dlq`).
     pub queue: String,
@@ -59,9 +86,10 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         ("PROCESSOR_QUEUE", queue.clone()),
         ("DB_POOL_SIZE", "4".to_owned()),
         ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
+        ("AUTH_JWT_SECRET", AUTH_SECRET.to_owned()),
     ]);
     let mut config = Config::from_env(&env).expect("test configuration is valid");
-    config.retry_delay = Duration::from_millis(100);
+    config.retry = ordermesh_platform::testing::fast_retry_policy();
     customize(&mut config);
 
     // Declare the topology up front (as the service will), so messages
@@ -120,12 +148,13 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         }
         panic!("the service did not become healthy within {WAIT:?}");
     };
-    let client = AccountServiceClient::new(channel.clone());
+    let client = admin_client(channel.clone());
     let sql = db.client().await;
 
     TestApp {
         client,
         channel,
+        addr,
         queue,
         exchange: broker.config.exchange.clone(),
         sql,

@@ -3,8 +3,11 @@
 //! with a fresh database, exchange and queue ([`helpers::spawn_app`]).
 
 mod accounts;
+mod auth;
 mod cancellations;
+mod fuzz;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod payments;
 mod transactions;

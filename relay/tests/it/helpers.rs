@@ -205,9 +205,8 @@ impl Harness {
     /// LISTENs on the outbox channel: every notification's payload goes to
     /// the receiver while the returned client lives.
     pub async fn listen(&self) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<String>) {
-        let (client, mut connection) = tokio_postgres::connect(&self.db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let config: ordermesh_platform::db::DbConfig = self.db.url.parse().unwrap();
+        let (client, mut connection) = config.connect().await.unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -1,0 +1,395 @@
+//! Retries and dead letters of the consumer loop against the local
+//! RabbitMQ: transient failures come back after growing delays through the
+//! retry queues, then succeed or are parked with their history; poison is
+//! parked at once; other messages keep flowing meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation, Connection};
+use ordermesh_platform::amqp::{
+    self, ConsumerConfig, ConsumerStatus, HandleError, Handler, Message, QueueSpec,
+};
+use ordermesh_platform::redelivery::{self, RetryPolicy};
+use ordermesh_platform::testing::{TestBroker, eventually};
+use tokio_util::sync::CancellationToken;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+const ROUTING_KEY: &str = "test.event";
+
+/// One handler run.
+#[derive(Debug, Clone)]
+struct Call {
+    id: String,
+    routing_key: String,
+    at: Instant,
+}
+
+/// Acts on the payload: `ok`; `transient:N` fails the first N attempts;
+/// `always` always fails transiently; `poison` is poison. Records each run.
+#[derive(Default)]
+struct Scripted {
+    calls: Mutex<Vec<Call>>,
+}
+
+impl Scripted {
+    fn calls(&self, id: &str) -> Vec<Call> {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter(|c| c.id == id).cloned().collect()
+    }
+}
+
+impl Handler for Scripted {
+    async fn handle(&self, message: Message) -> Result<(), HandleError> {
+        let attempt = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(Call {
+                id: message.id.clone(),
+                routing_key: message.routing_key.clone(),
+                at: Instant::now(),
+            });
+            calls.iter().filter(|c| c.id == message.id).count()
+        };
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        let fail_first = match payload.split_once(':') {
+            Some(("transient", n)) => n.parse().unwrap(),
+            _ if payload == "always" => usize::MAX,
+            _ => 0,
+        };
+        if payload == "poison" {
+            return Err(HandleError::Poison("undecodable payload".into()));
+        }
+        if attempt <= fail_first {
+            return Err(HandleError::Transient(anyhow::anyhow!(
+                "database is down (attempt {attempt})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A consumer running the scripted handler on its own queue, and a
+/// publisher with confirms.
+struct Rig {
+    broker: TestBroker,
+    queue: String,
+    handler: Arc<Scripted>,
+    policy: RetryPolicy,
+    channel: lapin::Channel,
+    shutdown: CancellationToken,
+    _conn: Connection,
+}
+
+impl Rig {
+    async fn start(policy: RetryPolicy, prefetch: u16) -> Self {
+        let broker = TestBroker::new();
+        broker.track_retry_policy(&policy);
+        let queue = broker.queue("work");
+        let config = ConsumerConfig {
+            broker: broker.config.clone(),
+            queue: QueueSpec {
+                name: queue.clone(),
+                routing_keys: vec!["test.#".into()],
+            },
+            prefetch,
+            retry: policy.clone(),
+        };
+        let conn = Connection::connect(broker.config.url.expose(), Default::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let handler = Arc::new(Scripted::default());
+        let status = ConsumerStatus::new(&queue);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(amqp::run_consumer_with_status(
+            config,
+            handler.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ));
+        let up = eventually(PATIENCE, || async { status.is_connected().then_some(()) }).await;
+        assert!(up.is_some(), "the consumer connects");
+        Self {
+            broker,
+            queue,
+            handler,
+            policy,
+            channel,
+            shutdown,
+            _conn: conn,
+        }
+    }
+
+    /// Publishes `payload` to the events exchange, confirmed.
+    async fn publish(&self, id: Option<&str>, payload: &str) {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        );
+        let mut props = BasicProperties::default()
+            .with_type("test.Event".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(id) = id {
+            props = props.with_message_id(id.into());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.broker.config.exchange.as_str().into(),
+                ROUTING_KEY.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                payload.as_bytes(),
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(confirm, Confirmation::Ack(None), "routed to the work queue");
+    }
+
+    async fn len(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    fn dlq(&self) -> String {
+        amqp::dead_letter_queue(&self.queue)
+    }
+
+    /// Waits until the dead-letter queue holds `n` messages, then takes them.
+    async fn take_dead_letters(&self, n: u32) -> Vec<lapin::message::Delivery> {
+        let dlq = self.dlq();
+        let filled = eventually(PATIENCE, || async {
+            (self.len(&dlq).await >= n).then_some(())
+        })
+        .await;
+        assert!(filled.is_some(), "{n} message(s) reach {dlq}");
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(m.delivery);
+        }
+        assert_eq!(out.len(), n as usize, "exactly {n} dead letter(s)");
+        out
+    }
+
+    /// Waits until the handler ran `n` times on `id`.
+    async fn wait_calls(&self, id: &str, n: usize) -> Vec<Call> {
+        let calls = eventually(PATIENCE, || async {
+            let calls = self.handler.calls(id);
+            (calls.len() >= n).then_some(calls)
+        })
+        .await;
+        calls.unwrap_or_else(|| panic!("{id} handled {n} times: {:?}", self.handler.calls(id)))
+    }
+
+    /// Every retry queue of the policy, with its length.
+    async fn retry_lengths(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for delay in self.policy.delays() {
+            let name = redelivery::retry_queue(&self.queue, delay);
+            out.push((name.clone(), self.len(&name).await));
+        }
+        out
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn headers(delivery: &lapin::message::Delivery) -> BTreeMap<String, AMQPValue> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn text(headers: &BTreeMap<String, AMQPValue>, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(redelivery::value_text)
+        .unwrap_or_else(|| panic!("header {name} in {headers:?}"))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_growing_delays_then_succeed() {
+    let policy = RetryPolicy {
+        max_attempts: 5,
+        base_delay: ms(100),
+        max_delay: ms(1000),
+    };
+    let rig = Rig::start(policy, 4).await;
+    rig.publish(Some("m-1"), "transient:3").await;
+
+    let calls = rig.wait_calls("m-1", 4).await;
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].at - w[0].at).collect();
+    // Each pause lasts at least its retry queue's TTL: 100, 200, 400 ms.
+    for (gap, min) in gaps.iter().zip([ms(100), ms(200), ms(400)]) {
+        assert!(*gap >= min - ms(5), "gaps {gaps:?}");
+    }
+    assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "growing: {gaps:?}");
+    assert!(
+        calls.iter().all(|c| c.routing_key == ROUTING_KEY),
+        "the handler sees the event's routing key on retries too: {calls:?}"
+    );
+
+    // Succeeded on the fourth attempt: nothing waits anywhere any more.
+    let settled = eventually(PATIENCE, || async {
+        let idle = rig.len(&rig.queue).await == 0
+            && rig.len(&rig.dlq()).await == 0
+            && rig.retry_lengths().await.iter().all(|(_, n)| *n == 0);
+        idle.then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "retry queues: {:?}",
+        rig.retry_lengths().await
+    );
+    assert_eq!(rig.handler.calls("m-1").len(), 4);
+}
+
+#[tokio::test]
+async fn after_the_last_attempt_the_message_is_parked_with_its_history() {
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: ms(50),
+        max_delay: ms(60),
+    };
+    let rig = Rig::start(policy, 4).await;
+    let before = chrono::Utc::now();
+    rig.publish(Some("m-2"), "always").await;
+
+    let parked = rig.take_dead_letters(1).await;
+    assert_eq!(
+        rig.handler.calls("m-2").len(),
+        3,
+        "tried max_attempts times"
+    );
+    let m = &parked[0];
+    let p = &m.properties;
+    assert_eq!(p.message_id().as_ref().unwrap().as_str(), "m-2");
+    assert_eq!(p.kind().as_ref().unwrap().as_str(), "test.Event");
+    assert_eq!(*p.delivery_mode(), Some(2));
+    assert_eq!(m.data, b"always");
+    let h = headers(m);
+    assert_eq!(text(&h, redelivery::HEADER_ATTEMPTS), "3");
+    assert_eq!(text(&h, redelivery::HEADER_REASON), "max-attempts");
+    assert!(text(&h, redelivery::HEADER_ERROR).contains("database is down (attempt 3)"));
+    assert_eq!(text(&h, redelivery::HEADER_QUEUE), rig.queue);
+    assert_eq!(text(&h, redelivery::HEADER_ROUTING_KEY), ROUTING_KEY);
+    assert_eq!(
+        text(&h, redelivery::HEADER_EXCHANGE),
+        rig.broker.config.exchange
+    );
+    let failed_at =
+        chrono::DateTime::parse_from_rfc3339(&text(&h, redelivery::HEADER_FAILED_AT)).unwrap();
+    assert!(failed_at >= before - chrono::Duration::seconds(1) && failed_at <= chrono::Utc::now());
+    assert!(
+        h.contains_key("traceparent"),
+        "the message's own headers stay"
+    );
+    assert!(
+        !h.contains_key("x-death"),
+        "the broker's history is not copied"
+    );
+    assert!(rig.retry_lengths().await.iter().all(|(_, n)| *n == 0));
+}
+
+#[tokio::test]
+async fn poison_and_messages_without_identity_are_parked_at_once_with_their_reason() {
+    let rig = Rig::start(ordermesh_platform::testing::fast_retry_policy(), 4).await;
+    rig.publish(Some("m-3"), "poison").await;
+    rig.publish(None, "ok").await;
+
+    let parked = rig.take_dead_letters(2).await;
+    assert_eq!(rig.handler.calls("m-3").len(), 1, "poison is not retried");
+    let by_reason: BTreeMap<String, _> = parked
+        .iter()
+        .map(|m| (text(&headers(m), redelivery::HEADER_REASON), m))
+        .collect();
+    let poison = headers(by_reason["poison"]);
+    assert_eq!(text(&poison, redelivery::HEADER_ATTEMPTS), "1");
+    assert!(text(&poison, redelivery::HEADER_ERROR).contains("undecodable payload"));
+    assert_eq!(text(&poison, redelivery::HEADER_ROUTING_KEY), ROUTING_KEY);
+    let anonymous = headers(by_reason["no-message-id"]);
+    assert!(text(&anonymous, redelivery::HEADER_ERROR).contains("message_id"));
+    assert_eq!(text(&anonymous, redelivery::HEADER_QUEUE), rig.queue);
+}
+
+#[tokio::test]
+async fn later_messages_keep_flowing_while_one_waits_for_its_retry() {
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: ms(1500),
+        max_delay: ms(1500),
+    };
+    // One delivery at a time: a message that waited in the queue would
+    // hold up every other.
+    let rig = Rig::start(policy, 1).await;
+    rig.publish(Some("slow"), "always").await;
+    let ids: Vec<String> = (0..5).map(|i| format!("fast-{i}")).collect();
+    for id in &ids {
+        rig.publish(Some(id), "ok").await;
+    }
+    for id in &ids {
+        rig.wait_calls(id, 1).await;
+    }
+    assert_eq!(
+        rig.handler.calls("slow").len(),
+        1,
+        "the others went by while it waited for its first retry"
+    );
+    let parked = rig.take_dead_letters(1).await;
+    assert_eq!(
+        parked[0].properties.message_id().as_ref().unwrap().as_str(),
+        "slow"
+    );
+    assert_eq!(rig.handler.calls("slow").len(), 3);
+    for id in &ids {
+        assert_eq!(rig.handler.calls(id).len(), 1);
+    }
+}

@@ -1,0 +1,775 @@
+//! Authentication, authorization and rate limits of processor-svc: bearer
+//! tokens on every AccountService call (gRPC and REST), AuthService
+//! (register, log in), customers confined to their own account, keys from
+//! PEM and JWKS files, tokens and passwords kept out of the logs.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use ordermesh_platform::auth::{Claims, RateLimitConfig, Role};
+use ordermesh_platform::testing::{RestAnswer as Answer, rest_call};
+use ordermesh_proto::auth::v1 as auth_pb;
+use ordermesh_proto::payment::v1::account_service_client::AccountServiceClient;
+use ordermesh_proto::payment::v1::{
+    CreateAccountRequest, DepositRequest, GetAccountRequest, ListTransactionsRequest,
+};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::helpers::{AUTH_SECRET, TestApp, client_with_token, spawn_app, spawn_app_with, token};
+
+type AuthClient = auth_pb::auth_service_client::AuthServiceClient<tonic::transport::Channel>;
+
+fn auth_client(app: &TestApp) -> AuthClient {
+    auth_pb::auth_service_client::AuthServiceClient::new(app.channel.clone())
+}
+
+async fn rest(
+    app: &TestApp,
+    method: http::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    rest_call(app.addr, method, path, bearer, body).await
+}
+
+/// Asserts a `google.rpc.Status` JSON error body with `code`.
+fn assert_status_json(answer: &Answer, http: u16, code: Code) {
+    assert_eq!(answer.status, http, "{:?}", answer.body);
+    assert_eq!(answer.body["code"], code as i32, "{:?}", answer.body);
+    assert!(answer.body["message"].is_string(), "{:?}", answer.body);
+    assert!(answer.body["details"].is_array(), "{:?}", answer.body);
+}
+
+fn get_account(customer_id: &str) -> GetAccountRequest {
+    GetAccountRequest {
+        customer_id: customer_id.into(),
+    }
+}
+
+fn signed(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str) -> Value {
+    serde_json::to_value(Claims::new(sub, Role::Customer, Duration::from_secs(600))).unwrap()
+}
+
+#[tokio::test]
+async fn calls_without_a_token_are_unauthenticated() {
+    let app = spawn_app().await;
+    let status = AccountServiceClient::new(app.channel.clone())
+        .get_account(get_account("alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let challenge = status
+        .metadata()
+        .get("www-authenticate")
+        .expect("a challenge");
+    assert!(
+        challenge.to_str().unwrap().starts_with("Bearer"),
+        "{challenge:?}"
+    );
+
+    let answer = rest(&app, http::Method::GET, "/v1/accounts/alice", None, None).await;
+    assert_status_json(&answer, 401, Code::Unauthenticated);
+    assert!(
+        answer.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    // A malformed header is refused the same way.
+    let answer = rest(
+        &app,
+        http::Method::GET,
+        "/v1/accounts/alice",
+        Some(""),
+        None,
+    )
+    .await;
+    assert_status_json(&answer, 401, Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_unauthenticated() {
+    let app = spawn_app().await;
+    let mut expired = claims("alice");
+    expired["iat"] = json!(now() - 7200);
+    expired["exp"] = json!(now() - 3600);
+    let mut wrong_audience = claims("alice");
+    wrong_audience["aud"] = json!("someone-else");
+    let mut wrong_issuer = claims("alice");
+    wrong_issuer["iss"] = json!("someone-else");
+    let cases = [
+        (
+            "bad signature",
+            signed(&claims("alice"), "another-secret-that-is-32-bytes-long!!"),
+        ),
+        ("expired", signed(&expired, AUTH_SECRET)),
+        ("wrong audience", signed(&wrong_audience, AUTH_SECRET)),
+        ("wrong issuer", signed(&wrong_issuer, AUTH_SECRET)),
+        ("garbage", "not-a-jwt".to_owned()),
+    ];
+    for (what, token) in cases {
+        let status = client_with_token(app.channel.clone(), &token)
+            .get_account(get_account("alice"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(status.metadata().contains_key("www-authenticate"), "{what}");
+        let answer = rest(
+            &app,
+            http::Method::GET,
+            "/v1/accounts/alice",
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_status_json(&answer, 401, Code::Unauthenticated);
+    }
+}
+
+#[tokio::test]
+async fn registered_customers_reach_only_their_own_account() {
+    let app = spawn_app().await;
+    let mut auth = auth_client(&app);
+    let register = |customer_id: &str, password: &str| auth_pb::RegisterRequest {
+        customer_id: customer_id.into(),
+        password: password.into(),
+    };
+    let registered = auth
+        .register(register("alice", "correct horse battery"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!registered.access_token.is_empty());
+    let expires = registered.expire_time.unwrap().seconds as u64;
+    assert!(
+        expires > now() + 3500 && expires <= now() + 3601,
+        "{expires}"
+    );
+
+    // Taken ids, weak and oversized passwords.
+    let status = auth
+        .register(register("alice", "another password"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    for password in ["short", &"p".repeat(257)] {
+        let status = auth.register(register("bob", password)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("password"), "{status:?}");
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["password"]);
+    }
+
+    // A wrong password and an unknown id are one and the same answer.
+    let login = |customer_id: &str, password: &str| auth_pb::LoginRequest {
+        customer_id: customer_id.into(),
+        password: password.into(),
+    };
+    let wrong = auth
+        .login(login("alice", "wrong password"))
+        .await
+        .unwrap_err();
+    let unknown = auth
+        .login(login("nobody", "correct horse battery"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    assert_eq!(wrong.message(), unknown.message());
+    let alice_token = auth
+        .login(login("alice", "correct horse battery"))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+
+    // Alice's own account: open it, pay in, read it and its ledger.
+    let mut alice = client_with_token(app.channel.clone(), &alice_token);
+    alice
+        .create_account(CreateAccountRequest {
+            customer_id: "alice".into(),
+            currency_code: String::new(),
+        })
+        .await
+        .unwrap();
+    alice
+        .deposit(DepositRequest {
+            customer_id: "alice".into(),
+            amount_minor: 500,
+            deposit_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let account = alice.get_account(get_account("alice")).await.unwrap();
+    assert_eq!(account.into_inner().account.unwrap().balance_minor, 500);
+
+    // Bob's (opened by an admin) is as good as missing to her.
+    let status = alice
+        .create_account(CreateAccountRequest {
+            customer_id: "bob".into(),
+            currency_code: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("customer_id"), "{status:?}");
+    app.fund("bob", "USD", 900).await;
+    let missing = app
+        .client
+        .clone()
+        .get_account(get_account("carol"))
+        .await
+        .unwrap_err();
+    let missing_message = missing.message().replace("carol", "bob");
+    let bobs = [
+        alice.get_account(get_account("bob")).await.unwrap_err(),
+        alice
+            .deposit(DepositRequest {
+                customer_id: "bob".into(),
+                amount_minor: 1,
+                deposit_id: String::new(),
+            })
+            .await
+            .unwrap_err(),
+        alice
+            .list_transactions(ListTransactionsRequest {
+                customer_id: "bob".into(),
+                page_size: 10,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap_err(),
+    ];
+    for status in bobs {
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert_eq!(status.message(), missing_message);
+    }
+    assert_eq!(app.balance("bob").await, 900, "her deposit did not land");
+
+    // Over REST, the same rules.
+    let answer = rest(
+        &app,
+        http::Method::GET,
+        "/v1/accounts/bob",
+        Some(&alice_token),
+        None,
+    )
+    .await;
+    assert_status_json(&answer, 404, Code::NotFound);
+    let answer = rest(
+        &app,
+        http::Method::GET,
+        "/v1/accounts/alice",
+        Some(&alice_token),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["account"]["balanceMinor"], "500");
+
+    // An admin sees both.
+    assert_eq!(app.balance("alice").await, 500);
+    assert_eq!(app.balance("bob").await, 900);
+}
+
+#[tokio::test]
+async fn register_and_login_over_rest() {
+    let app = spawn_app().await;
+    let body = json!({"customerId": "dora", "password": "a long enough password"});
+    let answer = rest(
+        &app,
+        http::Method::POST,
+        "/v1/auth:register",
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert!(answer.body["accessToken"].is_string());
+    assert!(answer.body["expireTime"].is_string());
+    let answer = rest(
+        &app,
+        http::Method::POST,
+        "/v1/auth:register",
+        None,
+        Some(body),
+    )
+    .await;
+    assert_status_json(&answer, 409, Code::AlreadyExists);
+    let answer = rest(
+        &app,
+        http::Method::POST,
+        "/v1/auth:login",
+        None,
+        Some(json!({"customerId": "dora", "password": "a long enough password"})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let dora = answer.body["accessToken"].as_str().unwrap().to_owned();
+    let answer = rest(
+        &app,
+        http::Method::POST,
+        "/v1/auth:login",
+        None,
+        Some(json!({"customerId": "dora", "password": "not the password"})),
+    )
+    .await;
+    assert_status_json(&answer, 401, Code::Unauthenticated);
+    let answer = rest(
+        &app,
+        http::Method::POST,
+        "/v1/accounts",
+        Some(&dora),
+        Some(json!({"customerId": "dora"})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let answer = rest(
+        &app,
+        http::Method::POST,
+        "/v1/accounts",
+        Some(&dora),
+        Some(json!({"customerId": "eve"})),
+    )
+    .await;
+    assert_status_json(&answer, 403, Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn health_reflection_and_metrics_need_no_token() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let app = spawn_app().await;
+    let health = HealthClient::new(app.channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: processor_svc::GRPC_SERVICE.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(app.channel.clone())
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"ordermesh.auth.v1.AuthService".to_owned()),
+        "{names:?}"
+    );
+
+    for path in ["/metrics", "/healthz", "/readyz", "/openapi.json", "/docs"] {
+        let answer = rest(&app, http::Method::GET, path, None, None).await;
+        assert_eq!(answer.status, 200, "{path}: {:?}", answer.body);
+    }
+}
+
+#[tokio::test]
+async fn over_the_limit_is_resource_exhausted_with_retry_info() {
+    let app = spawn_app_with(|c| {
+        c.auth.rate_limit = RateLimitConfig {
+            per_second: 1,
+            burst: 3,
+            limit_admins: false,
+        }
+    })
+    .await;
+    let alice = token("alice", Role::Customer);
+    let mut client = client_with_token(app.channel.clone(), &alice);
+    let mut codes = Vec::new();
+    let mut refused = None;
+    for _ in 0..6 {
+        match client.get_account(get_account("alice")).await {
+            Ok(_) => codes.push(Code::Ok),
+            Err(status) => {
+                codes.push(status.code());
+                if status.code() == Code::ResourceExhausted {
+                    refused = Some(status);
+                }
+            }
+        }
+    }
+    // Three calls reach the service (the account does not exist), then
+    // the bucket is empty.
+    assert_eq!(&codes[..3], [Code::NotFound; 3], "{codes:?}");
+    assert!(codes[3..].contains(&Code::ResourceExhausted), "{codes:?}");
+    let refused = refused.unwrap();
+    let retry = refused
+        .get_details_retry_info()
+        .expect("a RetryInfo detail");
+    assert!(
+        retry
+            .retry_delay
+            .is_some_and(|d| d >= Duration::from_secs(1))
+    );
+    let seconds: u64 = refused
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seconds >= 1);
+
+    let answer = rest(
+        &app,
+        http::Method::GET,
+        "/v1/accounts/alice",
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_status_json(&answer, 429, Code::ResourceExhausted);
+    assert!(
+        answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        answer.body["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.RetryInfo"
+    );
+
+    // Another customer has a bucket of its own; admins are not limited.
+    let mut bob = client_with_token(app.channel.clone(), &token("bob", Role::Customer));
+    assert_eq!(
+        bob.get_account(get_account("bob"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    for _ in 0..10 {
+        let status = app
+            .client
+            .clone()
+            .get_account(get_account("bob"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+
+    // Without a token, AuthService calls share a bucket per peer address.
+    let mut auth = auth_client(&app);
+    let mut anonymous = Vec::new();
+    for _ in 0..6 {
+        let login = auth_pb::LoginRequest {
+            customer_id: "nobody".into(),
+            password: "whatever it is".into(),
+        };
+        anonymous.push(auth.login(login).await.unwrap_err().code());
+    }
+    assert_eq!(&anonymous[..3], [Code::Unauthenticated; 3], "{anonymous:?}");
+    assert!(
+        anonymous[3..].contains(&Code::ResourceExhausted),
+        "{anonymous:?}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_and_passwords_never_reach_the_logs() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    // The test runs on one thread, and so does the service it spawns.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let app = spawn_app().await;
+    let password = "the-password-that-must-not-be-logged";
+    let registered = auth_client(&app)
+        .register(auth_pb::RegisterRequest {
+            customer_id: "frank".into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let mut frank = client_with_token(app.channel.clone(), &registered);
+    frank
+        .create_account(CreateAccountRequest {
+            customer_id: "frank".into(),
+            currency_code: String::new(),
+        })
+        .await
+        .unwrap();
+    frank.get_account(get_account("frank")).await.unwrap();
+    frank.get_account(get_account("bob")).await.unwrap_err();
+    let forged = signed(&claims("frank"), "a-forged-secret-of-at-least-32-bytes!");
+    client_with_token(app.channel.clone(), &forged)
+        .get_account(get_account("frank"))
+        .await
+        .unwrap_err();
+    let answer = rest(
+        &app,
+        http::Method::GET,
+        "/v1/accounts/frank",
+        Some(&registered),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    auth_client(&app)
+        .login(auth_pb::LoginRequest {
+            customer_id: "frank".into(),
+            password: format!("{password}-wrong"),
+        })
+        .await
+        .unwrap_err();
+    drop(app);
+
+    let text = logs.text();
+    assert!(
+        text.contains("customer registered"),
+        "the logs were captured"
+    );
+    for secret in [registered.as_str(), forged.as_str(), password, AUTH_SECRET] {
+        assert!(!text.contains(secret), "{secret} is in the logs");
+        // Nor its signature alone.
+        let tail = secret.rsplit('.').next().unwrap();
+        assert!(!text.contains(tail), "part of {secret} is in the logs");
+    }
+}
+
+/// Log output collected in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// An Ed25519 key pair in files: the private key (PEM), the public key
+/// (PEM) and a JWKS with the public key under `kid`.
+struct KeyFiles {
+    dir: PathBuf,
+    private_pem: PathBuf,
+    public_pem: PathBuf,
+    jwks: PathBuf,
+    encoding: jsonwebtoken::EncodingKey,
+}
+
+impl KeyFiles {
+    fn new(kid: &str) -> Self {
+        use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+        use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+        let dir = std::env::temp_dir().join(format!("om-keys-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let private = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let public = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}]});
+        let files = Self {
+            private_pem: dir.join("private.pem"),
+            public_pem: dir.join("public.pem"),
+            jwks: dir.join("jwks.json"),
+            encoding: jsonwebtoken::EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+            dir,
+        };
+        std::fs::File::create(&files.private_pem)
+            .unwrap()
+            .write_all(private.as_bytes())
+            .unwrap();
+        std::fs::write(&files.public_pem, public).unwrap();
+        std::fs::write(&files.jwks, jwks.to_string()).unwrap();
+        files
+    }
+
+    fn sign(&self, subject: &str, role: Role, kid: Option<&str>) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(
+            &header,
+            &Claims::new(subject, role, Duration::from_secs(600)),
+            &self.encoding,
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for KeyFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn eddsa_tokens_verify_with_pem_and_jwks_keys() {
+    let pem_keys = KeyFiles::new("pem-key");
+    let jwks_keys = KeyFiles::new("jwks-key");
+    let (public_pem, jwks, private_pem) = (
+        pem_keys.public_pem.clone(),
+        jwks_keys.jwks.clone(),
+        pem_keys.private_pem.clone(),
+    );
+    // Verification by both files (and the HS256 secret); issued tokens are
+    // EdDSA, signed with the PEM pair's private key.
+    let app = spawn_app_with(move |c| {
+        c.auth.public_key_files = vec![public_pem];
+        c.auth.jwks_file = Some(jwks);
+        c.tokens.signing_key_file = Some(private_pem);
+    })
+    .await;
+
+    for token in [
+        pem_keys.sign("alice", Role::Customer, None),
+        jwks_keys.sign("alice", Role::Customer, Some("jwks-key")),
+        jwks_keys.sign("alice", Role::Customer, None),
+    ] {
+        let status = client_with_token(app.channel.clone(), &token)
+            .get_account(get_account("alice"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "authenticated: {status:?}");
+    }
+    // A kid the JWKS does not have, a key nobody configured.
+    for token in [
+        jwks_keys.sign("alice", Role::Customer, Some("other-key")),
+        KeyFiles::new("stranger").sign("alice", Role::Admin, None),
+    ] {
+        let status = client_with_token(app.channel.clone(), &token)
+            .get_account(get_account("alice"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+
+    // Issued tokens are signed with AUTH_JWT_SIGNING_KEY_FILE's key.
+    let issued = auth_client(&app)
+        .register(auth_pb::RegisterRequest {
+            customer_id: "grace".into(),
+            password: "grace's password".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let header = jsonwebtoken::decode_header(&issued).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    client_with_token(app.channel.clone(), &issued)
+        .create_account(CreateAccountRequest {
+            customer_id: "grace".into(),
+            currency_code: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+/// A configuration on nothing (the service fails before connecting).
+fn offline_config(pairs: &[(&'static str, String)]) -> processor_svc::Config {
+    let env: HashMap<&str, String> = pairs.iter().cloned().collect();
+    processor_svc::Config::from_env(&env).unwrap()
+}
+
+#[tokio::test]
+async fn the_service_refuses_to_start_without_usable_keys() {
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let run = |config| async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            processor_svc::run(config, listener().await, shutdown),
+        )
+        .await
+        .expect("fails at once")
+        .unwrap_err()
+    };
+
+    let err = run(offline_config(&[])).await;
+    assert!(format!("{err:#}").contains("AUTH_JWT_SECRET"), "{err:#}");
+
+    // Tokens signed with a key whose public half nobody verifies with.
+    let keys = KeyFiles::new("k");
+    let err = run(offline_config(&[
+        ("AUTH_JWT_SECRET", AUTH_SECRET.to_owned()),
+        (
+            "AUTH_JWT_SIGNING_KEY_FILE",
+            keys.private_pem.display().to_string(),
+        ),
+    ]))
+    .await;
+    assert!(
+        format!("{err:#}").contains("AUTH_JWT_SIGNING_KEY_FILE"),
+        "{err:#}"
+    );
+    assert!(!format!("{err:#}").contains(AUTH_SECRET));
+
+    let err = processor_svc::Config::from_env(&HashMap::from([(
+        "AUTH_JWT_SECRET",
+        "too short".to_owned(),
+    )]))
+    .unwrap_err();
+    assert_eq!(err.name, "AUTH_JWT_SECRET");
+    assert!(!err.to_string().contains("too short"), "{err}");
+}
