@@ -9,6 +9,7 @@ HELM names the helm binary (default: <repo>/.tools/bin/helm, then PATH).
 Exits non-zero when an assertion fails.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -28,6 +29,11 @@ SERVICEMONITOR_SCHEMA = Path(__file__).resolve().parent / "servicemonitor.schema
 RELEASE = "om"
 COMPONENTS = ("order-svc", "processor-svc", "relay")
 HOOK_PHASES = {"pre-install", "pre-upgrade"}
+# The chart renders nothing without a token verification key (by design);
+# the "default" renders add this one, as deploy/check.sh does.
+TEST_JWT_SECRET = "deploy-check-only-not-a-real-secret-0123456789"
+WITH_SECRET = ("--set", f"auth.jwtSecret={TEST_JWT_SECRET}")
+AUTH_SERVICES = ("order-svc", "processor-svc")
 
 
 def helm_binary():
@@ -68,10 +74,31 @@ def helm(*args, check=True):
     return proc
 
 
-def render(*args):
-    """`helm template` the chart; returns the list of objects."""
-    out = helm("template", RELEASE, str(CHART), "--namespace", "ordermesh", *args).stdout
+def render(*args, secret=True):
+    """`helm template` the chart (plus auth.jwtSecret unless secret=False);
+    returns the list of objects."""
+    extra = WITH_SECRET if secret else ()
+    out = helm("template", RELEASE, str(CHART), "--namespace", "ordermesh", *extra, *args).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def render_fails(*args):
+    """stderr of a `helm template` that must fail (no auth.jwtSecret added)."""
+    proc = helm("template", RELEASE, str(CHART), "--namespace", "ordermesh", *args, check=False)
+    assert proc.returncode != 0, f"helm template {' '.join(args)} succeeded"
+    return proc.stderr
+
+
+def kubernetes_validate(docs):
+    """kubernetes-validate --strict (the venv's, beside this python) on docs."""
+    tool = Path(sys.executable).parent / "kubernetes-validate"
+    if not tool.exists():
+        return
+    proc = subprocess.run(
+        [str(tool), "--strict", "--quiet", "-k", "1.35.0", "-"],
+        input=yaml.safe_dump_all(docs), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def by_kind(docs, kind):
@@ -101,8 +128,18 @@ def env_of(container):
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def container_of(docs, component):
+    (c,) = named(docs, "Deployment", component)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def configmap_data(docs):
+    (cm,) = by_kind(docs, "ConfigMap")
+    return cm["data"]
+
+
 DEFAULT = render()
-PROD = render("-f", str(PRODUCTION))
+PROD = render("-f", str(PRODUCTION), secret=False)
 
 
 class Deployments(unittest.TestCase):
@@ -373,11 +410,205 @@ class Production(unittest.TestCase):
 
 class Notes(unittest.TestCase):
     def test_notes_have_grpcurl(self):
-        out = helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", "ordermesh").stdout
-        notes = out[out.index("NOTES:"):]
+        notes = self.notes()
         self.assertIn(f"port-forward svc/{RELEASE}-ordermesh-order-svc 50051:50051", notes)
         self.assertIn("grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check", notes)
         self.assertIn("ordermesh.order.v1.OrderService/CreateOrder", notes)
+
+    def notes(self, *args):
+        out = helm(
+            "install", RELEASE, str(CHART), "--dry-run=client", "--namespace", "ordermesh", *(args or WITH_SECRET)
+        ).stdout
+        return out[out.index("NOTES:"):]
+
+    def test_notes_show_how_to_get_and_pass_a_token(self):
+        notes = self.notes()
+        self.assertIn(
+            f"kubectl -n ordermesh exec deploy/{RELEASE}-ordermesh-processor-svc -c processor-svc --", notes
+        )
+        self.assertIn("/usr/local/bin/processor-svc token --subject ops --role admin", notes)
+        calls = [line for line in notes.splitlines() if line.strip().startswith("grpcurl ")]
+        self.assertTrue(calls)
+        for line in calls:
+            if "grpc.health.v1.Health" in line:
+                self.assertNotIn("authorization", line, "health needs no token")
+            else:
+                self.assertIn('-H "authorization: Bearer $TOKEN"', line)
+        self.assertIn(f"get secret {RELEASE}-ordermesh-auth -o jsonpath='{{.data.jwt-secret}}'", notes)
+        prod = self.notes("-f", str(PRODUCTION))
+        self.assertIn("get secret ordermesh-auth -o jsonpath='{.data.jwt-secret}'", prod)
+
+
+def secret_ref(container, name):
+    return container_env_ref(container, name)["secretKeyRef"]
+
+
+def container_env_ref(container, name):
+    env = env_of(container)
+    assert name in env, f"{container['name']} has no {name}"
+    assert "value" not in env[name], f"{container['name']} {name} has a literal value"
+    return env[name]["valueFrom"]
+
+
+class Auth(unittest.TestCase):
+    def test_services_get_the_secret_from_a_secret(self):
+        for component in AUTH_SERVICES:
+            ref = secret_ref(container_of(DEFAULT, component), "AUTH_JWT_SECRET")
+            self.assertEqual(ref, {"name": f"{RELEASE}-ordermesh-auth", "key": "jwt-secret"}, component)
+        (secret,) = [s for s in by_kind(DEFAULT, "Secret") if s["metadata"]["name"] == f"{RELEASE}-ordermesh-auth"]
+        self.assertEqual(base64.b64decode(secret["data"]["jwt-secret"]).decode(), TEST_JWT_SECRET)
+        self.assertEqual(hook_phases(secret), set(), "a release object, not a hook")
+
+    def test_relay_and_migrations_get_no_auth(self):
+        for docs in (DEFAULT, PROD):
+            relay = container_of(docs, "relay")
+            self.assertFalse({n for n in env_of(relay) if n.startswith("AUTH_")}, "relay")
+            (job,) = by_kind(docs, "Job")
+            spec = job["spec"]["template"]["spec"]
+            for c in spec["initContainers"] + spec["containers"]:
+                self.assertFalse({n for n in env_of(c) if n.startswith("AUTH_")}, c["name"])
+            self.assertNotIn("checksum/auth", named(docs, "Deployment", "relay")["spec"]["template"]["metadata"]["annotations"])
+
+    def test_secret_never_in_a_configmap(self):
+        for docs in (DEFAULT, PROD):
+            for cm in by_kind(docs, "ConfigMap"):
+                self.assertNotIn("AUTH_JWT_SECRET", cm["data"])
+                self.assertFalse([k for k, v in cm["data"].items() if TEST_JWT_SECRET in str(v)])
+
+    def test_existing_secret_is_referenced_and_none_created(self):
+        docs = render("--set", "auth.existingSecret=x", secret=False)
+        for component in AUTH_SERVICES:
+            self.assertEqual(
+                secret_ref(container_of(docs, component), "AUTH_JWT_SECRET"), {"name": "x", "key": "jwt-secret"}
+            )
+        names = [s["metadata"]["name"] for s in by_kind(docs, "Secret")]
+        self.assertNotIn(f"{RELEASE}-ordermesh-auth", names)
+        self.assertFalse([s for s in by_kind(docs, "Secret") if "jwt-secret" in s.get("data", {})])
+        # existingSecret wins over jwtSecret; the key is configurable.
+        docs = render("--set", "auth.existingSecret=x", "--set", "auth.existingSecretKey=hs256")
+        self.assertEqual(
+            secret_ref(container_of(docs, "order-svc"), "AUTH_JWT_SECRET"), {"name": "x", "key": "hs256"}
+        )
+        self.assertNotIn(f"{RELEASE}-ordermesh-auth", [s["metadata"]["name"] for s in by_kind(docs, "Secret")])
+
+    def test_production_uses_its_existing_secret(self):
+        for component in AUTH_SERVICES:
+            self.assertEqual(
+                secret_ref(container_of(PROD, component), "AUTH_JWT_SECRET"),
+                {"name": "ordermesh-auth", "key": "jwt-secret"},
+            )
+
+    def test_no_key_fails_with_what_to_set(self):
+        err = render_fails()
+        for hint in ("auth.jwtSecret", "auth.existingSecret", "openssl rand"):
+            self.assertIn(hint, err)
+
+    def test_short_secret_is_refused(self):
+        err = render_fails("--set", "auth.jwtSecret=too-short")
+        self.assertIn("jwtSecret", err)
+        self.assertIn("32", err)
+
+    def test_changing_the_secret_rolls_only_the_services(self):
+        other = render("--set", "auth.jwtSecret=" + "z" * 40, secret=False)
+        for component in COMPONENTS:
+            before = named(DEFAULT, "Deployment", component)["spec"]["template"]["metadata"]["annotations"]
+            after = named(other, "Deployment", component)["spec"]["template"]["metadata"]["annotations"]
+            if component in AUTH_SERVICES:
+                self.assertNotEqual(before["checksum/auth"], after["checksum/auth"], component)
+            else:
+                self.assertEqual(before, after, component)
+
+    def test_asymmetric_keys(self):
+        docs = render(
+            "--set", "auth.publicKeysSecret=om-keys", "--set", "auth.publicKeys={a.pem,b.pem}",
+            "--set", "auth.jwksKey=jwks.json", "--set", "auth.signingKeySecret=om-signing",
+            secret=False,
+        )
+        kubernetes_validate(docs)
+        self.assertFalse([s for s in by_kind(docs, "Secret") if "jwt-secret" in s.get("data", {})])
+        for component in AUTH_SERVICES:
+            dep = named(docs, "Deployment", component)
+            spec = dep["spec"]["template"]["spec"]
+            (c,) = spec["containers"]
+            env = env_of(c)
+            self.assertNotIn("AUTH_JWT_SECRET", env, component)
+            self.assertEqual(
+                env["AUTH_JWT_PUBLIC_KEYS"]["value"], "/etc/ordermesh/auth/keys/a.pem,/etc/ordermesh/auth/keys/b.pem"
+            )
+            self.assertEqual(env["AUTH_JWKS_FILE"]["value"], "/etc/ordermesh/auth/keys/jwks.json")
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            self.assertEqual(volumes["auth-keys"]["secret"]["secretName"], "om-keys")
+            mounts = {m["name"]: m for m in c["volumeMounts"]}
+            self.assertTrue(mounts["auth-keys"]["readOnly"])
+            signs = component == "processor-svc"
+            # The private key is mounted into processor-svc only.
+            self.assertEqual("AUTH_JWT_SIGNING_KEY_FILE" in env, signs, component)
+            self.assertEqual("auth-signing-key" in volumes, signs, component)
+            if signs:
+                self.assertEqual(
+                    env["AUTH_JWT_SIGNING_KEY_FILE"]["value"], "/etc/ordermesh/auth/signing/signing-key.pem"
+                )
+                self.assertEqual(volumes["auth-signing-key"]["secret"]["secretName"], "om-signing")
+                self.assertEqual(volumes["auth-signing-key"]["secret"]["defaultMode"], 0o440)
+        relay = named(docs, "Deployment", "relay")["spec"]["template"]["spec"]
+        self.assertEqual([v["name"] for v in relay["volumes"]], ["tmp"])
+
+    def test_asymmetric_keys_need_a_way_to_sign(self):
+        err = render_fails("--set", "auth.publicKeysSecret=om-keys", "--set", "auth.publicKeys={a.pem}")
+        self.assertIn("auth.signingKeySecret", err)
+        self.assertIn("auth.publicKeys", render_fails("--set", "auth.publicKeysSecret=om-keys"))
+        self.assertIn("auth.publicKeysSecret", render_fails("--set", "auth.publicKeys={a.pem}"))
+
+
+class Tuning(unittest.TestCase):
+    def test_defaults_reach_the_configmap(self):
+        self.assertLessEqual(
+            {
+                "RATE_LIMIT_PER_S": "50",
+                "RATE_LIMIT_BURST": "100",
+                "RATE_LIMIT_ADMIN": "false",
+                "AUTH_TOKEN_TTL_S": "3600",
+                "AMQP_MAX_ATTEMPTS": "5",
+                "AMQP_RETRY_BASE_MS": "1000",
+                "AMQP_RETRY_MAX_MS": "60000",
+                "GRPC_MAX_MESSAGE_BYTES": "4194304",
+            }.items(),
+            configmap_data(DEFAULT).items(),
+        )
+
+    def test_set_values_reach_the_configmap(self):
+        data = configmap_data(render(
+            "--set", "rateLimit.perSecond=7", "--set", "rateLimit.burst=3000000", "--set", "rateLimit.admin=true",
+            "--set", "auth.tokenTtlSeconds=86400", "--set", "consumer.maxAttempts=9",
+            "--set", "consumer.retryBaseMs=250", "--set", "consumer.retryMaxMs=2000000",
+            "--set", "config.grpcMaxMessageBytes=16777216",
+        ))
+        self.assertEqual(data["RATE_LIMIT_PER_S"], "7")
+        self.assertEqual(data["RATE_LIMIT_BURST"], "3000000")
+        self.assertEqual(data["RATE_LIMIT_ADMIN"], "true")
+        self.assertEqual(data["AUTH_TOKEN_TTL_S"], "86400")
+        self.assertEqual(data["AMQP_MAX_ATTEMPTS"], "9")
+        self.assertEqual(data["AMQP_RETRY_BASE_MS"], "250")
+        self.assertEqual(data["AMQP_RETRY_MAX_MS"], "2000000")
+        self.assertEqual(data["GRPC_MAX_MESSAGE_BYTES"], "16777216")
+
+    def test_large_values_from_a_values_file_stay_integers(self):
+        # Values files give floats to the templates: 4194304 must not become 4.194304e+06.
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write("rateLimit:\n  burst: 3000000\nconsumer:\n  retryMaxMs: 2000000\nauth:\n  tokenTtlSeconds: 1209600\n")
+            f.flush()
+            data = configmap_data(render("-f", f.name))
+        self.assertEqual(data["RATE_LIMIT_BURST"], "3000000")
+        self.assertEqual(data["AMQP_RETRY_MAX_MS"], "2000000")
+        self.assertEqual(data["AUTH_TOKEN_TTL_S"], "1209600")
+        self.assertEqual(configmap_data(PROD)["GRPC_MAX_MESSAGE_BYTES"], "4194304")
+
+    def test_bounds(self):
+        self.assertIn("retryMaxMs", render_fails(*WITH_SECRET, "--set", "consumer.retryMaxMs=10"))
+        self.assertIn("maxAttempts", render_fails(*WITH_SECRET, "--set", "consumer.maxAttempts=101"))
+        self.assertIn("perSecond", render_fails(*WITH_SECRET, "--set", "rateLimit.perSecond=-1"))
+        self.assertIn("tokenTtlSeconds", render_fails(*WITH_SECRET, "--set", "auth.tokenTtlSeconds=0"))
+        self.assertIn("admin", render_fails(*WITH_SECRET, "--set-string", "rateLimit.admin=yes"))
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-The three components: values key, name, binary, port, and which connection
-URLs each one gets. Returned as YAML; use with fromYaml.
+The three components: values key, name, binary, port, which connection
+URLs each one gets, whether it verifies bearer tokens (auth) and signs them
+(signs). Returned as YAML; use with fromYaml.
 */}}
 {{- define "ordermesh.components" -}}
 orderSvc:
@@ -61,6 +62,8 @@ orderSvc:
   port: {{ .Values.orderSvc.port }}
   probe: grpc
   urls: [orders, amqp]
+  auth: true
+  signs: false
 processorSvc:
   name: processor-svc
   binary: /usr/local/bin/processor-svc
@@ -69,6 +72,8 @@ processorSvc:
   port: {{ .Values.processorSvc.port }}
   probe: grpc
   urls: [processor, amqp]
+  auth: true
+  signs: true
 relay:
   name: relay
   binary: /usr/local/bin/relay
@@ -77,6 +82,8 @@ relay:
   port: {{ .Values.relay.adminPort }}
   probe: http
   urls: [orders, processor, amqp]
+  auth: false
+  signs: false
 {{- end }}
 
 {{- define "ordermesh.image" -}}
@@ -174,6 +181,123 @@ EnvVar for one connection URL: (dict "root" $ "url" "orders" "secret" <name of c
   value: {{ .component | quote }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ printf "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),service.version=%s%s" .root.Chart.AppVersion (ternary (printf ",%s" .root.Values.otel.resourceAttributes) "" (ne .root.Values.otel.resourceAttributes "")) | quote }}
+{{- end }}
+
+{{/* Secret the chart creates for auth.jwtSecret (without auth.existingSecret). */}}
+{{- define "ordermesh.authSecretName" -}}
+{{ include "ordermesh.fullname" . }}-auth
+{{- end }}
+
+{{/* "true" when an HS256 secret is configured (auth.existingSecret or auth.jwtSecret). */}}
+{{- define "ordermesh.authHs256" -}}
+{{- if or .Values.auth.existingSecret .Values.auth.jwtSecret }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the chart creates the auth Secret. */}}
+{{- define "ordermesh.createsAuthSecret" -}}
+{{- if and (not .Values.auth.existingSecret) .Values.auth.jwtSecret }}true{{ end }}
+{{- end }}
+
+{{- define "ordermesh.authKeysDir" -}}/etc/ordermesh/auth/keys{{- end }}
+{{- define "ordermesh.authSigningDir" -}}/etc/ordermesh/auth/signing{{- end }}
+
+{{/*
+Fails the render unless the services can start: a verification key, and a
+way for processor-svc to sign the tokens it issues.
+*/}}
+{{- define "ordermesh.validateAuth" -}}
+{{- $a := .Values.auth -}}
+{{- $asym := or $a.publicKeys $a.jwksKey -}}
+{{- if and $a.publicKeysSecret (not $asym) }}
+{{- fail "auth.publicKeysSecret is set but names no key: list its PEM public keys in auth.publicKeys and/or its JWKS document in auth.jwksKey" }}
+{{- end }}
+{{- if and $asym (not $a.publicKeysSecret) }}
+{{- fail "auth.publicKeys / auth.jwksKey name keys of a Secret: set auth.publicKeysSecret to that Secret's name" }}
+{{- end }}
+{{- if not (or (include "ordermesh.authHs256" .) $asym) }}
+{{- fail "order-svc and processor-svc need a bearer-token verification key, and the chart does not make one up: set auth.jwtSecret (HS256, at least 32 bytes, e.g. --set auth.jwtSecret=\"$(openssl rand -hex 32)\"), or auth.existingSecret (a Secret you manage with the secret under auth.existingSecretKey, default jwt-secret), or auth.publicKeysSecret with auth.publicKeys / auth.jwksKey (RS256/EdDSA, plus auth.signingKeySecret)" }}
+{{- end }}
+{{- if not (or (include "ordermesh.authHs256" .) $a.signingKeySecret) }}
+{{- fail "processor-svc signs the tokens it issues with auth.signingKeySecret (a PEM private key) or, without it, with the HS256 secret: set auth.signingKeySecret, auth.jwtSecret or auth.existingSecret" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Auth environment of one component: (dict "root" $ "component" <components entry>).
+The HS256 secret comes from a Secret (secretKeyRef), never from a ConfigMap.
+*/}}
+{{- define "ordermesh.authEnv" -}}
+{{- $a := .root.Values.auth -}}
+{{- if include "ordermesh.authHs256" .root }}
+- name: AUTH_JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $a.existingSecret | default (include "ordermesh.authSecretName" .root) }}
+      key: {{ ternary $a.existingSecretKey "jwt-secret" (ne $a.existingSecret "") }}
+{{- end }}
+{{- if $a.publicKeys }}
+{{- $dir := include "ordermesh.authKeysDir" .root }}
+{{- $paths := list }}
+{{- range $a.publicKeys }}
+{{- $paths = append $paths (printf "%s/%s" $dir .) }}
+{{- end }}
+- name: AUTH_JWT_PUBLIC_KEYS
+  value: {{ join "," $paths | quote }}
+{{- end }}
+{{- if $a.jwksKey }}
+- name: AUTH_JWKS_FILE
+  value: {{ printf "%s/%s" (include "ordermesh.authKeysDir" .root) $a.jwksKey | quote }}
+{{- end }}
+{{- if and .component.signs $a.signingKeySecret }}
+- name: AUTH_JWT_SIGNING_KEY_FILE
+  value: {{ printf "%s/%s" (include "ordermesh.authSigningDir" .root) $a.signingKeySecretKey | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Key volume mounts of one component (same argument as authEnv); may be empty. */}}
+{{- define "ordermesh.authVolumeMounts" -}}
+{{- $a := .root.Values.auth -}}
+{{- if $a.publicKeysSecret }}
+- name: auth-keys
+  mountPath: {{ include "ordermesh.authKeysDir" .root }}
+  readOnly: true
+{{- end }}
+{{- if and .component.signs $a.signingKeySecret }}
+- name: auth-signing-key
+  mountPath: {{ include "ordermesh.authSigningDir" .root }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Key volumes of one component (same argument as authEnv); may be empty. */}}
+{{- define "ordermesh.authVolumes" -}}
+{{- $a := .root.Values.auth -}}
+{{- if $a.publicKeysSecret }}
+- name: auth-keys
+  secret:
+    secretName: {{ $a.publicKeysSecret }}
+    # 0444: public keys.
+    defaultMode: 292
+    items:
+      {{- range $a.publicKeys }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+      {{- with $a.jwksKey }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+{{- if and .component.signs $a.signingKeySecret }}
+- name: auth-signing-key
+  secret:
+    secretName: {{ $a.signingKeySecret }}
+    # 0440: readable by the pod's fsGroup (65532), not by others.
+    defaultMode: 288
+    items:
+      - key: {{ $a.signingKeySecretKey }}
+        path: {{ $a.signingKeySecretKey }}
+{{- end }}
 {{- end }}
 
 {{- define "ordermesh.tmpVolumeMount" -}}
