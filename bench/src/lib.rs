@@ -21,6 +21,7 @@ pub mod profile;
 pub mod relay_probe;
 pub mod report;
 pub mod stats;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -148,19 +149,18 @@ async fn measure(
 ) -> anyhow::Result<(report::Run, String)> {
     say("starting order-svc, processor-svc and relay");
     mesh.start().await?;
-    let mut channels = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..4 {
-        channels.push(
-            Endpoint::from_shared(format!("http://{}", mesh.order_addr))?
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
+        let channel = Endpoint::from_shared(format!("http://{}", mesh.order_addr))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        clients.push(mesh.orders(channel));
     }
     let accounts = Endpoint::from_shared(format!("http://{}", mesh.processor_addr))?
         .connect()
         .await?;
-    load::fund(accounts).await?;
+    load::fund(mesh.accounts(accounts)).await?;
     say(&format!("{} customers funded", load::CUSTOMERS));
 
     say("limits: PostgreSQL order+outbox transactions");
@@ -196,11 +196,11 @@ async fn measure(
     let mut step_id = 0u32;
     let mut step = |rate: f64, seconds: f64, label: String| {
         step_id += 1;
-        let (channels, registry) = (channels.clone(), registry.clone());
+        let (clients, registry) = (clients.clone(), registry.clone());
         let id = step_id;
         async move {
             load::run_step(
-                &channels, &registry, id, rate, seconds, bounds, &label, quiet,
+                &clients, &registry, id, rate, seconds, bounds, &label, quiet,
             )
             .await
         }
@@ -215,6 +215,14 @@ async fn measure(
         mesh.check_alive()?;
         fixed.push(r);
     }
+
+    say("watch: create->PAID as a WatchOrder stream sees it, 200 orders/s for 3 s");
+    let watch = watch::run(&clients, 200.0, 3.0).await?;
+    say(&format!(
+        "watch: {} of {} PAID on their stream, e2e p50 {:.2} ms p99 {:.2} ms; first message p50 {:.2} ms",
+        watch.paid, watch.orders, watch.e2e_ms.p50, watch.e2e_ms.p99, watch.first_message_ms.p50
+    ));
+    mesh.check_alive()?;
 
     // The search: grow past the best sustained rate until a step fails,
     // then bisect.
@@ -291,6 +299,7 @@ async fn measure(
             machine: machine(),
             fixed,
             search,
+            watch,
             max_sustained,
             commit_to_publish,
             drain_rows_per_s,

@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use ordermesh_proto::order::v1::order_service_client::OrderServiceClient;
 use ordermesh_proto::order::v1::{CreateOrderRequest, OrderItem};
-use ordermesh_proto::payment::v1::account_service_client::AccountServiceClient;
 use ordermesh_proto::payment::v1::{CreateAccountRequest, DepositRequest};
 use serde::Serialize;
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
 
+use crate::mesh::{Accounts, Orders};
 use crate::observe::{Registry, Step, now_ns};
 use crate::procfs::CpuWindow;
 use crate::stats::{Summary, r3, summarize};
@@ -27,13 +25,26 @@ pub const CUSTOMERS: usize = 200;
 /// latency still counts the wait).
 const MAX_IN_FLIGHT: usize = 8192;
 
+/// The order every bench step sends: one widget at 1.00.
+pub fn order(order_id: String, i: usize) -> CreateOrderRequest {
+    CreateOrderRequest {
+        order_id,
+        customer_id: customer(i % CUSTOMERS),
+        currency_code: "USD".into(),
+        items: vec![OrderItem {
+            sku: "widget".into(),
+            quantity: 1,
+            unit_price_minor: 100,
+        }],
+    }
+}
+
 pub fn customer(i: usize) -> String {
     format!("bench-customer-{i}")
 }
 
 /// Opens and funds every customer's account with far more than a run spends.
-pub async fn fund(channel: Channel) -> anyhow::Result<()> {
-    let mut accounts = AccountServiceClient::new(channel);
+pub async fn fund(mut accounts: Accounts) -> anyhow::Result<()> {
     for i in 0..CUSTOMERS {
         accounts
             .create_account(CreateAccountRequest {
@@ -106,7 +117,7 @@ async fn settle() {
 /// is gone so the next step starts clean).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_step(
-    channels: &[Channel],
+    clients: &[Orders],
     registry: &Arc<Registry>,
     step_id: u32,
     rate: f64,
@@ -120,10 +131,6 @@ pub async fn run_step(
     registry.add_step(step_id, step.clone());
     let errors = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let clients: Vec<_> = channels
-        .iter()
-        .map(|c| OrderServiceClient::new(c.clone()))
-        .collect();
 
     let bar = if quiet {
         ProgressBar::hidden()
@@ -155,16 +162,7 @@ pub async fn run_step(
         step.slots[i].due.store(due, Ordering::SeqCst);
         tokio::spawn(async move {
             let step = slots;
-            let request = CreateOrderRequest {
-                order_id: format!("s{step_id}-{i}"),
-                customer_id: customer(i % CUSTOMERS),
-                currency_code: "USD".into(),
-                items: vec![OrderItem {
-                    sku: "widget".into(),
-                    quantity: 1,
-                    unit_price_minor: 100,
-                }],
-            };
+            let request = order(format!("s{step_id}-{i}"), i);
             match client.create_order(request).await {
                 Ok(_) => step.slots[i].answered.store(now_ns(), Ordering::SeqCst),
                 Err(_) => {

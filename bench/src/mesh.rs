@@ -14,11 +14,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use ordermesh_platform::auth::{Bearer, Role, mint_hs256};
 use ordermesh_platform::testing::{TestBroker, TestDatabase};
+use ordermesh_proto::order::v1::order_service_client::OrderServiceClient;
+use ordermesh_proto::payment::v1::account_service_client::AccountServiceClient;
 use tokio::process::{Child, Command};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub const BINARIES: [&str; 3] = ["order-svc", "processor-svc", "relay"];
+
+pub type Orders = OrderServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Accounts = AccountServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub struct Mesh {
     pub orders_db: TestDatabase,
@@ -29,6 +36,9 @@ pub struct Mesh {
     pub order_addr: SocketAddr,
     pub processor_addr: SocketAddr,
     pub env: HashMap<String, String>,
+    /// The bench's admin token, sent with every call of its clients (admin
+    /// tokens are not rate limited, so the load is what the bench offers).
+    pub bearer: Bearer,
     children: Vec<(&'static str, Child)>,
     bin_dir: PathBuf,
     log_dir: PathBuf,
@@ -61,6 +71,14 @@ impl Mesh {
         let broker = TestBroker::new();
         let order_addr = free_addr()?;
         let processor_addr = free_addr()?;
+        let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let token = mint_hs256(
+            &secret,
+            "bench",
+            Role::Admin,
+            Duration::from_secs(24 * 3600),
+        );
+        let bearer = Bearer::new(&token);
         let mut env: HashMap<String, String> = [
             ("ORDER_SVC_ADDR", order_addr.to_string()),
             ("PROCESSOR_SVC_ADDR", processor_addr.to_string()),
@@ -79,6 +97,7 @@ impl Mesh {
                 broker.queue("processor-svc.order-created"),
             ),
             ("RUST_LOG", "info".to_owned()),
+            ("AUTH_JWT_SECRET", secret),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -94,6 +113,7 @@ impl Mesh {
             order_addr,
             processor_addr,
             env,
+            bearer,
             children: Vec::new(),
             bin_dir: bin_dir.to_owned(),
             log_dir: log_dir.to_owned(),
@@ -156,6 +176,14 @@ impl Mesh {
             }
         }
         Ok(())
+    }
+
+    pub fn orders(&self, channel: Channel) -> Orders {
+        OrderServiceClient::with_interceptor(channel, self.bearer.clone())
+    }
+
+    pub fn accounts(&self, channel: Channel) -> Accounts {
+        AccountServiceClient::with_interceptor(channel, self.bearer.clone())
     }
 
     /// Pids of the running binaries.

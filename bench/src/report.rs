@@ -16,6 +16,7 @@ pub struct Run {
     pub machine: Value,
     pub fixed: Vec<StepReport>,
     pub search: Vec<StepReport>,
+    pub watch: crate::watch::WatchReport,
     pub max_sustained: f64,
     pub commit_to_publish: crate::stats::Summary,
     pub drain_rows_per_s: f64,
@@ -62,6 +63,7 @@ impl Run {
                 "max_sustained_orders_per_s": self.max_sustained,
                 "rates": self.fixed.iter().map(rate_json).collect::<Vec<_>>(),
                 "search": self.search.iter().map(rate_json).collect::<Vec<_>>(),
+                "watch": self.watch,
             },
             "relay": {
                 "commit_to_publish_ms": {
@@ -138,6 +140,12 @@ impl Run {
                 s.e2e_ms.p50, s.e2e_ms.p99
             );
         }
+        let w = &self.watch;
+        let _ = writeln!(
+            t,
+            "create->PAID on a WatchOrder stream at {:.0}/s: p50 {:.2} ms, p99 {:.2} ms ({} of {} seen PAID)",
+            w.offered_per_s, w.e2e_ms.p50, w.e2e_ms.p99, w.paid, w.orders
+        );
         let _ = writeln!(
             t,
             "relay commit->publish: p50 {:.3} ms (target <= 1), p99 {:.3} ms; drain {:.0} rows/s",
