@@ -208,6 +208,16 @@ async fn measure(
     step(200.0, 3.0, "warm-up 200/s".into()).await?;
     mesh.check_alive()?;
 
+    // On a quiet mesh, before any overload step can leave work behind.
+    say("watch: create->PAID as a WatchOrder stream sees it, 200 orders/s for 3 s");
+    load::settle().await;
+    let watch = watch::run(&clients, 200.0, 3.0).await?;
+    say(&format!(
+        "watch: {} of {} PAID on their stream, e2e p50 {:.2} ms p99 {:.2} ms; first message p50 {:.2} ms",
+        watch.paid, watch.orders, watch.e2e_ms.p50, watch.e2e_ms.p99, watch.first_message_ms.p50
+    ));
+    mesh.check_alive()?;
+
     let mut fixed: Vec<StepReport> = Vec::new();
     for &rate in &args.rates {
         let r = step(rate, args.step_seconds, format!("{rate:.0}/s")).await?;
@@ -215,14 +225,6 @@ async fn measure(
         mesh.check_alive()?;
         fixed.push(r);
     }
-
-    say("watch: create->PAID as a WatchOrder stream sees it, 200 orders/s for 3 s");
-    let watch = watch::run(&clients, 200.0, 3.0).await?;
-    say(&format!(
-        "watch: {} of {} PAID on their stream, e2e p50 {:.2} ms p99 {:.2} ms; first message p50 {:.2} ms",
-        watch.paid, watch.orders, watch.e2e_ms.p50, watch.e2e_ms.p99, watch.first_message_ms.p50
-    ));
-    mesh.check_alive()?;
 
     // The search: grow past the best sustained rate until a step fails,
     // then bisect.

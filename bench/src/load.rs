@@ -101,8 +101,8 @@ pub struct StepReport {
 
 /// Waits (up to 30 s) until the machine is quiet: after an overloaded step
 /// PostgreSQL keeps vacuuming for a while, and a step started meanwhile
-/// would measure that instead.
-async fn settle() {
+/// would measure that instead (under 25 % CPU busy for a second is quiet).
+pub async fn settle() {
     for _ in 0..30 {
         let window = CpuWindow::start();
         tokio::time::sleep(Duration::from_secs(1)).await;
