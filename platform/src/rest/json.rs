@@ -63,21 +63,51 @@ pub fn request_message(
 
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         if matches!(binding.body, BodyMapping::Whole) {
-            let first = form_urlencoded::parse(query.as_bytes())
+            let first = query_pairs(query)?
+                .into_iter()
                 .next()
-                .map(|(k, _)| k.into_owned())
+                .map(|(k, _)| k)
                 .unwrap_or_default();
             return Err(RestError::bad_field(
                 &first,
                 "unknown query parameter: the body carries every field of this method",
             ));
         }
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        for (key, value) in query_pairs(query)? {
             apply_query_param(binding, &input, &mut root, &key, &value)?;
         }
     }
 
     decode(&input, Value::Object(root))
+}
+
+/// The `key=value` pairs of a query string, decoded as
+/// `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte), but
+/// strictly: a key or value that is not UTF-8 once decoded is a 400 naming
+/// it, never silently replaced with U+FFFD.
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, RestError> {
+    fn decode_part(part: &str) -> Option<String> {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .ok()
+            .map(std::borrow::Cow::into_owned)
+    }
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            // An undecodable name is named as it was sent.
+            let key = decode_part(raw_key).ok_or_else(|| {
+                RestError::bad_field(raw_key, "the query parameter name is not valid UTF-8")
+            })?;
+            let value = decode_part(raw_value).ok_or_else(|| {
+                RestError::bad_field(&key, "the query parameter is not valid UTF-8")
+            })?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 fn parse_body(body: &[u8]) -> Result<Value, RestError> {
@@ -391,6 +421,18 @@ pub fn response_json(binding: &Binding, message: &DynamicMessage) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_pairs_decode_like_forms_but_refuse_invalid_utf8() {
+        let pairs = query_pairs("a=1&b=x+y%20z&&c&d=%C3%A9").unwrap();
+        let expected = [("a", "1"), ("b", "x y z"), ("c", ""), ("d", "é")];
+        assert_eq!(
+            pairs,
+            expected.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec()
+        );
+        assert!(query_pairs("customerId=%FF").is_err());
+        assert!(query_pairs("%FF=1").is_err());
+    }
 
     fn create_order() -> MessageDescriptor {
         super::super::descriptor_pool()

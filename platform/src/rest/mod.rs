@@ -54,8 +54,9 @@ pub const FORWARDED_HEADERS: &[&str] =
 pub const TIMEOUT_HEADER: &str = "grpc-timeout";
 const METADATA_PREFIX: &str = "grpc-metadata-";
 /// How much earlier than `grpc-timeout` the gateway gives up (see
-/// `request_metadata`).
-const OUTER_TIMEOUT_MARGIN: Duration = Duration::from_millis(3);
+/// `Gateway::handle`): more than tokio's 1 ms timer tick, so the gateway's
+/// timer fires in an earlier tick than tonic's.
+const OUTER_TIMEOUT_MARGIN: Duration = Duration::from_millis(5);
 
 /// How the REST gateway behaves.
 #[derive(Debug, Clone)]
@@ -215,7 +216,32 @@ impl Gateway {
                 .into_parts();
             return Response::from_parts(parts, Body::empty());
         }
-        match self.route(request).await {
+        // The deadline bounds the whole request, body reading included.
+        // tonic's server runs the same `grpc-timeout` around this handler
+        // and would answer in gRPC form; this deadline is a little earlier
+        // and tonic polls the handler before its own timer, so whenever
+        // tonic's has passed, this one has too and the JSON 504 wins.
+        let deadline = match request_deadline(request.headers()) {
+            Ok(deadline) => deadline,
+            Err(err) => return err.into_response(),
+        };
+        let expired = || {
+            Err(RestError::from_status(
+                &tonic::Status::deadline_exceeded("deadline exceeded"),
+                &self.inner.pool,
+            ))
+        };
+        let routed = match deadline {
+            // No time left (a timeout shorter than the margin): answer now,
+            // before any timer, so tonic's cannot fire first.
+            Some(deadline) if deadline <= Instant::now() => expired(),
+            Some(deadline) => match tokio::time::timeout_at(deadline, self.route(request)).await {
+                Ok(routed) => routed,
+                Err(_) => expired(),
+            },
+            None => self.route(request).await,
+        };
+        match routed {
             Ok(response) => response,
             Err(err) => err.into_response(),
         }
@@ -384,26 +410,28 @@ fn request_metadata(headers: &HeaderMap) -> Result<(HeaderMap, Option<Instant>),
             }
         }
     }
-    let deadline = match headers.get(TIMEOUT_HEADER) {
-        None => None,
-        Some(value) => {
-            let timeout = value
-                .to_str()
-                .ok()
-                .and_then(parse_grpc_timeout)
-                .ok_or_else(|| {
-                    RestError::bad_field(
-                        TIMEOUT_HEADER,
-                        "expected 1 to 8 digits and a unit: H, M, S, m (ms), u (µs) or n (ns)",
-                    )
-                })?;
-            // tonic's server enforces the same header around the whole
-            // request and would answer in gRPC form; ending a little earlier
-            // lets the JSON 504 win.
-            Some(Instant::now() + timeout.saturating_sub(OUTER_TIMEOUT_MARGIN))
-        }
+    Ok((metadata, request_deadline(headers)?))
+}
+
+/// The deadline `grpc-timeout` sets, counted from now and
+/// [`OUTER_TIMEOUT_MARGIN`] early (see [`Gateway::handle`]).
+fn request_deadline(headers: &HeaderMap) -> Result<Option<Instant>, RestError> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
     };
-    Ok((metadata, deadline))
+    let timeout = value
+        .to_str()
+        .ok()
+        .and_then(parse_grpc_timeout)
+        .ok_or_else(|| {
+            RestError::bad_field(
+                TIMEOUT_HEADER,
+                "expected 1 to 8 digits and a unit: H, M, S, m (ms), u (µs) or n (ns)",
+            )
+        })?;
+    Ok(Some(
+        Instant::now() + timeout.saturating_sub(OUTER_TIMEOUT_MARGIN),
+    ))
 }
 
 /// What the in-process call keeps of the HTTP request's extensions: the
