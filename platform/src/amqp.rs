@@ -47,6 +47,9 @@ pub struct BrokerConfig {
     /// Type of the queues consumers declare: quorum queues replicate across
     /// a RabbitMQ cluster; classic suits a single node.
     pub queue_type: QueueType,
+    /// For `amqps://`: the PEM of `AMQP_CA_FILE`, trusted besides the system
+    /// roots. Read once, at start, by [`BrokerConfig::from_env`].
+    pub tls: lapin::tcp::OwnedTLSConfig,
 }
 
 /// The `x-queue-type` of consumer and dead-letter queues. A queue keeps the
@@ -79,12 +82,14 @@ impl QueueType {
 }
 
 impl BrokerConfig {
-    /// Reads `AMQP_URL`, `AMQP_EXCHANGE` and `AMQP_QUEUE_TYPE`.
+    /// Reads `AMQP_URL`, `AMQP_EXCHANGE`, `AMQP_QUEUE_TYPE` and
+    /// `AMQP_CA_FILE` (a bad CA file is an error naming it).
     pub fn from_env(env: &impl crate::config::Env) -> Result<Self, crate::config::ConfigError> {
         Ok(Self {
             url: Secret::new(crate::config::string(env, "AMQP_URL", DEFAULT_URL)),
             exchange: crate::config::string(env, "AMQP_EXCHANGE", DEFAULT_EXCHANGE),
             queue_type: crate::config::parse(env, "AMQP_QUEUE_TYPE", QueueType::Classic)?,
+            tls: crate::tls::amqp_tls(env)?,
         })
     }
 
@@ -120,11 +125,10 @@ pub fn uri(config: &BrokerConfig) -> anyhow::Result<lapin::uri::AMQPUri> {
 }
 
 /// Opens one connection (TLS for `amqps://`: the system roots plus
-/// `AMQP_CA_FILE`, see [`crate::tls::amqp_tls`]), without retrying.
+/// [`BrokerConfig::tls`]), without retrying.
 pub async fn connect_once(config: &BrokerConfig, name: &str) -> anyhow::Result<Connection> {
     let uri = uri(config)?;
-    let tls = crate::tls::amqp_tls(&crate::config::ProcessEnv)?;
-    Ok(open(uri, tls, name).await?)
+    Ok(open(uri, config.tls.clone(), name).await?)
 }
 
 async fn open(
@@ -145,10 +149,8 @@ pub async fn connect(
 ) -> anyhow::Result<Connection> {
     let mut delay = Duration::from_millis(100);
     let uri = uri(config)?;
-    // A bad AMQP_CA_FILE is a configuration error: no retrying.
-    let tls = crate::tls::amqp_tls(&crate::config::ProcessEnv)?;
     loop {
-        match open(uri.clone(), tls.clone(), name).await {
+        match open(uri.clone(), config.tls.clone(), name).await {
             Ok(conn) => return Ok(conn),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "RabbitMQ not reachable; retrying");

@@ -2,11 +2,10 @@
 //! tokens on every OrderService call (gRPC and REST), customers confined to
 //! their own orders, admins acting for all, tokens kept out of the logs.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ordermesh_platform::auth::{Claims, RateLimitConfig, Role};
-use ordermesh_platform::testing::{RestAnswer as Answer, rest_call};
+use ordermesh_platform::testing::{CapturedLogs, RestAnswer as Answer, rest_call};
 use ordermesh_proto::order::v1 as pb;
 use pb::order_service_client::OrderServiceClient;
 use serde_json::{Value, json};
@@ -327,7 +326,7 @@ async fn over_the_limit_is_resource_exhausted_with_retry_info() {
 
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
-    let logs = Captured::default();
+    let logs = CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
@@ -366,32 +365,5 @@ async fn tokens_never_reach_the_logs() {
         assert!(!text.contains(secret), "{secret} is in the logs");
         let signature = secret.rsplit('.').next().unwrap();
         assert!(!text.contains(signature), "part of {secret} is in the logs");
-    }
-}
-
-/// Log output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
     }
 }

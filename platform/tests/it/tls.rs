@@ -181,6 +181,7 @@ fn amqps_urls_default_to_port_5671_and_keep_the_frame_limit() {
         url: Secret::new(url),
         exchange: "x".into(),
         queue_type: Default::default(),
+        tls: Default::default(),
     };
     let uri = amqp::uri(&config("amqps://u:p@broker.example/%2f")).unwrap();
     assert_eq!(uri.scheme, lapin::uri::AMQPScheme::AMQPS);
@@ -246,6 +247,7 @@ async fn amqps_with_the_private_ca_reaches_the_broker() {
         )),
         exchange: "x".into(),
         queue_type: Default::default(),
+        tls: Default::default(),
     };
     let uri = amqp::uri(&config).unwrap();
     let connect = |tls: lapin::tcp::OwnedTLSConfig| {

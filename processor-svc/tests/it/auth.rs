@@ -6,12 +6,11 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use ordermesh_platform::auth::{Claims, RateLimitConfig, Role};
-use ordermesh_platform::testing::{RestAnswer as Answer, rest_call};
+use ordermesh_platform::testing::{CapturedLogs, RestAnswer as Answer, rest_call};
 use ordermesh_proto::auth::v1 as auth_pb;
 use ordermesh_proto::payment::v1::account_service_client::AccountServiceClient;
 use ordermesh_proto::payment::v1::{
@@ -513,7 +512,7 @@ async fn over_the_limit_is_resource_exhausted_with_retry_info() {
 
 #[tokio::test]
 async fn tokens_and_passwords_never_reach_the_logs() {
-    let logs = Captured::default();
+    let logs = CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
@@ -576,32 +575,6 @@ async fn tokens_and_passwords_never_reach_the_logs() {
         // Nor its signature alone.
         let tail = secret.rsplit('.').next().unwrap();
         assert!(!text.contains(tail), "part of {secret} is in the logs");
-    }
-}
-
-/// Log output collected in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
     }
 }
 

@@ -4,12 +4,11 @@
 //! stored and read back byte for byte, and the service keeps serving.
 
 use ordermesh_platform::auth::{Bearer, Role};
+use ordermesh_platform::testing::RawCodec;
 use ordermesh_proto::payment::v1::{
     CreateAccountRequest, DepositRequest, GetAccountRequest, ListTransactionsRequest,
 };
-use prost::bytes::{Buf as _, BufMut as _};
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::helpers::{TestApp, spawn_app, token};
@@ -26,40 +25,6 @@ const SQL_LOOKING: &[&str] = &[
     "\\",
     "Robert'); DROP TABLE ledger;--",
 ];
-
-/// Sends bytes as they are and reads the answer's bytes back.
-#[derive(Debug, Clone, Copy)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
 
 async fn raw_create_account(app: &TestApp, message: Vec<u8>) -> tonic::Status {
     let admin = Bearer::new(&token("test-admin", Role::Admin));
