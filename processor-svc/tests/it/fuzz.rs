@@ -373,6 +373,8 @@ proptest! {
         replacement in any::<char>(),
         edit in 0..3u8,
     ) {
+        // A blank id is nobody's (refused as `customer_id`, see the id rule).
+        prop_assume!(!customer_id.trim().is_empty());
         let token = checked(TransactionQuery::parse(customer_id.clone(), 10, ""))
             .unwrap()
             .page_token(seq);
@@ -380,7 +382,7 @@ proptest! {
         prop_assert_eq!(q.before_seq, Some(seq));
 
         let not_ours = refused::<TransactionQuery>("page_token", "not a page token of this account's listing");
-        if other != customer_id {
+        if other != customer_id && !other.trim().is_empty() {
             prop_assert_eq!(checked(TransactionQuery::parse(other, 10, &token)), not_ours.clone());
         }
         let mut chars: Vec<char> = token.chars().collect();
