@@ -426,6 +426,14 @@ pub async fn run_consumer_with_status<H: Handler>(
     Ok(())
 }
 
+/// Longest one delivery may take from arrival to ack (or retry copy). A
+/// handler or broker operation that hangs longer (a half-dead connection,
+/// a confirm that never comes) would otherwise hold its prefetch slot
+/// forever and, once all are held, stop the consumer without any error;
+/// instead the consumer reconnects and the broker redelivers what was not
+/// acknowledged (the inbox absorbs any duplicate).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// One connection's worth of consuming. `Ok` means shutdown was requested.
 async fn consume_once<H: Handler>(
     config: &ConsumerConfig,
@@ -465,28 +473,54 @@ async fn consume_once<H: Handler>(
 
     let mut failure: Option<anyhow::Error> = None;
     let channel = &channel;
-    let deliveries = tokio_stream::StreamExt::map_while(
-        consumer.take_until(shutdown.cancelled()),
-        |d| match d {
-            Ok(d) => Some(d),
-            Err(e) => {
-                failure = Some(anyhow::Error::new(e).context("delivery stream failed"));
-                None
-            }
-        },
-    );
+    // Set when a delivery does not settle in time: the connection is
+    // presumed broken, so stop taking deliveries and reconnect.
+    let stuck = CancellationToken::new();
+    let stop = async {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = stuck.cancelled() => {}
+        }
+    };
+    let deliveries = tokio_stream::StreamExt::map_while(consumer.take_until(stop), |d| match d {
+        Ok(d) => Some(d),
+        Err(e) => {
+            failure = Some(anyhow::Error::new(e).context("delivery stream failed"));
+            None
+        }
+    });
     deliveries
-        .for_each_concurrent(usize::from(config.prefetch.max(1)), |delivery| async move {
-            if let Err(e) = settle(config, channel, handler.as_ref(), delivery).await {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "could not settle a delivery; the broker will redeliver it"
-                );
+        .for_each_concurrent(usize::from(config.prefetch.max(1)), |delivery| {
+            let stuck = &stuck;
+            async move {
+                let settled = tokio::time::timeout(
+                    SETTLE_TIMEOUT,
+                    settle(config, channel, handler.as_ref(), delivery),
+                )
+                .await;
+                match settled {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(
+                        error = format!("{e:#}"),
+                        "could not settle a delivery; the broker will redeliver it"
+                    ),
+                    Err(_) => {
+                        tracing::error!(
+                            queue = %config.queue.name,
+                            timeout = ?SETTLE_TIMEOUT,
+                            "a delivery did not settle in time; reconnecting (the broker redelivers it)"
+                        );
+                        stuck.cancel();
+                    }
+                }
             }
         })
         .await;
     if let Some(e) = failure {
         return Err(e);
+    }
+    if stuck.is_cancelled() {
+        anyhow::bail!("a delivery did not settle within {SETTLE_TIMEOUT:?}");
     }
     if !shutdown.is_cancelled() {
         anyhow::bail!("the broker ended the consumer");
