@@ -114,9 +114,10 @@ with grpcurl (installed in .tools/bin):
   grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"order_id": "order-$id", "customer_id": "alice-$id", "items": [{"sku": "book", "quantity": 2, "unit_price_minor": 1250}]}' $order_addr ordermesh.order.v1.OrderService/CreateOrder
   grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"order_id": "order-$id"}' $order_addr ordermesh.order.v1.OrderService/GetOrder
 
-A customer token: register, then log in (the answer's accessToken):
-  grpcurl -plaintext -d '{"customer_id": "alice-$id", "password": "correct horse battery"}' $processor_addr ordermesh.auth.v1.AuthService/Register
-  grpcurl -plaintext -d '{"customer_id": "alice-$id", "password": "correct horse battery"}' $processor_addr ordermesh.auth.v1.AuthService/Login
+A customer token: register a new customer id (an id that already has an
+account is refused), then log in (the answer's accessToken):
+  grpcurl -plaintext -d '{"customer_id": "dave-$id", "password": "correct horse battery"}' $processor_addr ordermesh.auth.v1.AuthService/Register
+  grpcurl -plaintext -d '{"customer_id": "dave-$id", "password": "correct horse battery"}' $processor_addr ordermesh.auth.v1.AuthService/Login
 
 'make logs' follows the logs; 'make down' stops the three.
 EOF

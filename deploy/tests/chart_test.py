@@ -603,6 +603,14 @@ class Tuning(unittest.TestCase):
         self.assertEqual(data["AUTH_TOKEN_TTL_S"], "1209600")
         self.assertEqual(configmap_data(PROD)["GRPC_MAX_MESSAGE_BYTES"], "4194304")
 
+    def test_trusted_proxies_reach_the_configmap(self):
+        self.assertEqual(configmap_data(DEFAULT)["AUTH_TRUSTED_PROXIES"], "")
+        self.assertEqual(configmap_data(PROD)["AUTH_TRUSTED_PROXIES"], "10.244.0.0/16")
+        data = configmap_data(render("--set", "auth.trustedProxies={10.0.0.0/8,fd00::/8,192.0.2.7}"))
+        self.assertEqual(data["AUTH_TRUSTED_PROXIES"], "10.0.0.0/8,fd00::/8,192.0.2.7")
+        self.assertIn("trustedProxies", render_fails(*WITH_SECRET, "--set", "auth.trustedProxies={ingress}"))
+        self.assertIn("trustedProxies", render_fails(*WITH_SECRET, "--set", "auth.trustedProxies=10.0.0.0/8"))
+
     def test_bounds(self):
         self.assertIn("retryMaxMs", render_fails(*WITH_SECRET, "--set", "consumer.retryMaxMs=10"))
         self.assertIn("maxAttempts", render_fails(*WITH_SECRET, "--set", "consumer.maxAttempts=101"))

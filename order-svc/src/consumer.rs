@@ -1,7 +1,8 @@
 //! The consumer of the processor's answers: decodes each delivery (a payment
 //! result or a refund) and applies it through the store, where the inbox
 //! makes it exactly-once. The platform loop turns the verdict into ack
-//! (`Ok`), dead-letter (`Poison`) or requeue (`Transient`).
+//! (`Ok`), dead-letter (`Poison`: undecodable, or data the database
+//! refuses) or retry (`Transient`: anything else, e.g. a lost connection).
 
 use ordermesh_platform::amqp::{HandleError, Handler, Message};
 
@@ -83,6 +84,9 @@ impl Handler for PaymentResults {
             PaymentEvent::Refunded(refund) => self.apply_refund(&message.id, refund).await,
         };
         applied.map_err(|e| match e {
+            e if e.is_data_rejected() => {
+                HandleError::Poison(format!("the database rejects the event: {e:#}"))
+            }
             Error::Unavailable(e) | Error::Internal(e) => HandleError::Transient(e),
             other => HandleError::Transient(other.into()),
         })

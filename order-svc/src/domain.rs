@@ -161,6 +161,11 @@ impl TryFrom<pb::CreateOrderRequest> for NewOrder {
                 unit_price_minor: item.unit_price_minor,
             });
         }
+        // A free item may ride along, but an order must cost something: the
+        // processor pays by debiting the total, and a debit of 0 is none.
+        if total == 0 {
+            return Err(invalid("items", "order total must be greater than 0"));
+        }
 
         Ok(Self {
             order_id,
@@ -561,8 +566,22 @@ mod tests {
         req.order_id = "o".repeat(128);
         req.customer_id = "c".repeat(128);
         req.items = vec![item(&"s".repeat(64), 1, 0); 100];
+        req.items[99].unit_price_minor = 1;
         let order = NewOrder::try_from(req).unwrap();
-        assert_eq!(order.total_minor, 0);
+        assert_eq!(order.total_minor, 1);
+    }
+
+    #[test]
+    fn free_items_are_fine_but_a_free_order_is_not() {
+        let mut req = request();
+        req.items[0].unit_price_minor = 0;
+        assert_eq!(NewOrder::try_from(req).unwrap().total_minor, 99);
+
+        let mut req = request();
+        req.items = vec![item("gift", 3, 0)];
+        let err = NewOrder::try_from(req).unwrap_err();
+        assert_eq!(err.field, "items");
+        assert!(err.reason.contains("greater than 0"), "{err}");
     }
 
     #[test]

@@ -23,3 +23,21 @@ pub enum Error {
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
+
+impl Error {
+    /// Whether the database refused the data itself (SQLSTATE class 22 or
+    /// 23, but not a 23505 unique violation, which a retry resolves): the
+    /// same message would be refused again, so retrying cannot help.
+    pub fn is_data_rejected(&self) -> bool {
+        let Self::Internal(e) = self else {
+            return false;
+        };
+        e.chain()
+            .filter_map(|cause| cause.downcast_ref::<tokio_postgres::Error>())
+            .filter_map(tokio_postgres::Error::code)
+            .any(|code| {
+                let code = code.code();
+                (code.starts_with("22") || code.starts_with("23")) && code != "23505"
+            })
+    }
+}

@@ -84,7 +84,9 @@ pub fn decode_payment_event(
             let reason = if m.reason.trim().is_empty() {
                 UNSPECIFIED_FAILURE.to_owned()
             } else {
-                m.reason
+                // PostgreSQL text cannot hold NUL: the failure must still be
+                // recorded, or the order would never end.
+                m.reason.replace('\0', "\u{fffd}")
             };
             PaymentEvent::Decided(PaymentResult {
                 order_id: m.order_id,
@@ -224,6 +226,20 @@ mod tests {
         assert!(decode_payment_event("payment.succeeded", "", &[0xff, 0xff, 0xff]).is_err());
         let no_order = events::PaymentSucceeded::default().encode_to_vec();
         assert!(decode_payment_event("payment.succeeded", "", &no_order).is_err());
+    }
+
+    #[test]
+    fn a_failure_reason_loses_what_text_columns_cannot_hold() {
+        let failed = events::PaymentFailed {
+            order_id: "o".into(),
+            reason: "bad\0sku".into(),
+            ..Default::default()
+        };
+        let event = decode_payment_event("payment.failed", "", &failed.encode_to_vec()).unwrap();
+        assert_eq!(
+            decided(event).outcome.failure_reason(),
+            Some("bad\u{fffd}sku")
+        );
     }
 
     #[test]

@@ -5,17 +5,18 @@
 //!
 //! Layout: [`domain`] (types and validation), [`store`] (all SQL),
 //! [`grpc`] (handlers), [`events`] (event codec), [`consumer`] (payment
-//! results), [`watch`] (WatchOrder's LISTEN fan-out), [`error`]. This file
-//! holds the configuration and [`run`], which `main.rs` and the integration
-//! tests both call. Every call needs a bearer token (see
-//! `ordermesh_platform::auth`); a customer reaches only its own orders
-//! ([`grpc`]).
+//! results), [`watch`] (WatchOrder's LISTEN fan-out), [`pending`] (the
+//! oldest-PENDING gauge), [`error`]. This file holds the configuration and
+//! [`run`], which `main.rs` and the integration tests both call. Every call
+//! needs a bearer token (see `ordermesh_platform::auth`); a customer reaches
+//! only its own orders ([`grpc`]).
 
 pub mod consumer;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod pending;
 pub mod store;
 pub mod watch;
 
@@ -79,6 +80,9 @@ pub struct Config {
     /// Bearer token verification and rate limits (`AUTH_JWT_SECRET`,
     /// `AUTH_JWT_PUBLIC_KEYS`, `AUTH_JWKS_FILE`, `RATE_LIMIT_*`).
     pub auth: AuthConfig,
+    /// How often the oldest PENDING order's age is sampled into its gauge
+    /// ([`pending::DEFAULT_INTERVAL`]; tests shorten it).
+    pub pending_age_interval: Duration,
 }
 
 impl Config {
@@ -112,6 +116,7 @@ impl Config {
             inbox_retention: ordermesh_platform::inbox::retention_from_env(env)?,
             max_message_bytes: ordermesh_platform::grpc::max_message_bytes(env)?,
             auth: AuthConfig::from_env(env)?,
+            pending_age_interval: pending::DEFAULT_INTERVAL,
         })
     }
 
@@ -164,6 +169,7 @@ pub async fn run(
     .context("prepare the database")?;
     let store = store::Store::new(pool.clone());
     let expiry_pool = pool.clone();
+    let pending_store = store.clone();
     let watch_hub = watch::WatchHub::new(&config.database, shutdown.clone());
 
     let (health_reporter, health) = ordermesh_platform::grpc::health(SERVICE_NAME).await;
@@ -210,6 +216,10 @@ pub async fn run(
             config.inbox_retention,
             shutdown.clone(),
         ),
+    );
+    tasks.spawn(
+        "oldest pending order",
+        pending::run(pending_store, config.pending_age_interval, shutdown.clone()),
     );
     tasks.spawn(
         "payment-results",

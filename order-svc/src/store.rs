@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use deadpool_postgres::{Object, Pool};
+use ordermesh_platform::outbox::Withdrawal;
 use ordermesh_platform::{inbox, outbox};
 use ordermesh_proto::events::v1::ORDER_CREATED;
 use tokio_postgres::Row;
@@ -103,8 +104,8 @@ impl Store {
         let insert = tx
             .prepare_cached(
                 r#"INSERT INTO orders (order_id, customer_id, currency_code, items, total_minor,
-                                       status, version, request_fingerprint)
-                   VALUES ($1, $2, $3, $4, $5, 'PENDING', 1, $6)
+                                       status, version, request_fingerprint, created_event_id)
+                   VALUES ($1, $2, $3, $4, $5, 'PENDING', 1, $6, $7)
                    ON CONFLICT (order_id) DO NOTHING
                    RETURNING order_id, seq, customer_id, currency_code, items, total_minor,
                              status, failure_reason, version, create_time, update_time,
@@ -122,6 +123,7 @@ impl Store {
                     &Json(&order.items),
                     &order.total_minor,
                     &fingerprint,
+                    &event.event_id,
                 ],
             )
             .await
@@ -211,7 +213,10 @@ impl Store {
     /// A PENDING order's `order.created` event still in the outbox is
     /// withdrawn in the same transaction, so an order cancelled before the
     /// relay carried it is never seen, let alone charged, by the processor
-    /// (which still gets `order.cancelled` and remembers it).
+    /// (which still gets `order.cancelled` and remembers it). The withdraw
+    /// never waits for the relay: an event a relay batch is publishing right
+    /// now is left to it, and the processor, seeing both events, charges
+    /// nothing or refunds.
     /// The row lock serialises concurrent cancels and payment results: the
     /// first cancel wins, a later one finds CANCELLED and is refused like a
     /// FAILED order is.
@@ -225,13 +230,16 @@ impl Store {
         let tx = client.transaction().await.context("begin")?;
         let current = tx
             .query_opt(
-                r#"SELECT status FROM orders WHERE order_id = $1 FOR UPDATE"#,
+                r#"SELECT status, created_event_id FROM orders WHERE order_id = $1 FOR UPDATE"#,
                 &[&request.order_id],
             )
             .await
             .context("lock the order")?
             .ok_or_else(|| Error::NotFound(request.order_id.clone()))?;
         let status = parse_status(&current)?;
+        let created_event_id: Option<uuid::Uuid> = current
+            .try_get("created_event_id")
+            .context("read created_event_id")?;
         if !matches!(status, OrderStatus::Pending | OrderStatus::Paid) {
             return Err(Error::FailedPrecondition(format!(
                 "order {} is {status}; only PENDING or PAID orders can be cancelled",
@@ -255,11 +263,20 @@ impl Store {
         let order = order_from_row(&row)?;
         if status == OrderStatus::Pending {
             // Not relayed yet: the processor will never hear of the order.
-            let withdrawn = outbox::withdraw(&tx, &order.order_id, ORDER_CREATED)
-                .await
-                .context("withdraw the unpublished order.created event")?;
-            if withdrawn > 0 {
-                tracing::info!(order_id = %order.order_id, "withdrew the unpublished order.created event");
+            let withdrawal = match created_event_id {
+                Some(event_id) => outbox::withdraw(&tx, event_id).await,
+                // Created before the event id was kept on the order.
+                None => outbox::withdraw_unindexed(&tx, &order.order_id, ORDER_CREATED).await,
+            }
+            .context("withdraw the unpublished order.created event")?;
+            match withdrawal {
+                Withdrawal::Removed => {
+                    tracing::info!(order_id = %order.order_id, "withdrew the unpublished order.created event");
+                }
+                Withdrawal::InFlight => {
+                    tracing::info!(order_id = %order.order_id, "order.created is being published; the processor will see the cancel too");
+                }
+                Withdrawal::Absent => {}
             }
         }
         outbox::enqueue(&tx, &cancelled_event(&order))
@@ -381,6 +398,34 @@ impl Store {
         };
         tx.commit().await.context("commit the payment result")?;
         Ok(applied)
+    }
+
+    /// How long the oldest PENDING order has waited for its payment
+    /// decision, or `None` when no order is PENDING. Oldest by `seq`, which
+    /// the `(status, seq)` index finds at once; `seq` follows `create_time`
+    /// to within the creating transactions' length.
+    #[tracing::instrument(skip(self))]
+    pub async fn oldest_pending_age(&self) -> Result<Option<std::time::Duration>, Error> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                r#"SELECT EXTRACT(EPOCH FROM clock_timestamp() - create_time)::float8 AS age
+                   FROM orders
+                   WHERE status = 'PENDING'
+                   ORDER BY seq
+                   LIMIT 1"#,
+                &[],
+            )
+            .await
+            .context("read the oldest pending order")?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let seconds: f64 = row.try_get("age").context("read age")?;
+        // A clock step back could make it negative.
+        Ok(Some(
+            std::time::Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default(),
+        ))
     }
 }
 

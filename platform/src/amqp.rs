@@ -399,10 +399,23 @@ pub async fn run_consumer_with_status<H: Handler>(
     status: ConsumerStatus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_consumer_with_settle_timeout(config, handler, status, DEFAULT_SETTLE_TIMEOUT, shutdown)
+        .await
+}
+
+/// [`run_consumer_with_status`] with a settle timeout other than
+/// [`DEFAULT_SETTLE_TIMEOUT`] (tests use a short one).
+pub async fn run_consumer_with_settle_timeout<H: Handler>(
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    status: ConsumerStatus,
+    settle_timeout: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     const FIRST_DELAY: Duration = Duration::from_millis(200);
     let mut delay = FIRST_DELAY;
     while !shutdown.is_cancelled() {
-        let result = consume_once(&config, &handler, &status, &shutdown).await;
+        let result = consume_once(&config, &handler, &status, settle_timeout, &shutdown).await;
         // A connection that got as far as consuming was a success: the
         // backoff starts over, so one cut costs the first delay, not the
         // longest one reached by earlier outages.
@@ -429,19 +442,25 @@ pub async fn run_consumer_with_status<H: Handler>(
 /// Longest one delivery may take from arrival to ack (or retry copy). A
 /// handler or broker operation that hangs longer (a half-dead connection,
 /// a confirm that never comes) would otherwise hold its prefetch slot
-/// forever and, once all are held, stop the consumer without any error;
-/// instead the consumer reconnects and the broker redelivers what was not
-/// acknowledged (the inbox absorbs any duplicate).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// forever and, once all are held, stop the consumer without any error.
+/// Instead the run is abandoned and counted as a failed attempt: the
+/// delivery goes to its retry queue, or after the last attempt to the
+/// dead-letter queue, like any transient failure. Only if that copy cannot
+/// be made either does the consumer reconnect, and the broker redeliver
+/// what was not acknowledged (the inbox absorbs any duplicate).
+pub const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One connection's worth of consuming. `Ok` means shutdown was requested.
 async fn consume_once<H: Handler>(
     config: &ConsumerConfig,
     handler: &Arc<H>,
     status: &ConsumerStatus,
+    settle_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let conn = connect(&config.broker, &config.queue.name, shutdown).await?;
+    // Every retry or dead-letter copy must fit one frame of this size.
+    let frame_max = conn.configuration().frame_max();
     let channel = conn.create_channel().await.context("open a channel")?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
@@ -472,9 +491,14 @@ async fn consume_once<H: Handler>(
     status.set(true);
 
     let mut failure: Option<anyhow::Error> = None;
-    let channel = &channel;
-    // Set when a delivery does not settle in time: the connection is
-    // presumed broken, so stop taking deliveries and reconnect.
+    let out = Outlet {
+        channel: &channel,
+        frame_max,
+    };
+    let out = &out;
+    // Set when a delivery that did not settle in time cannot be copied
+    // either: the connection is presumed broken, so stop taking deliveries
+    // and reconnect.
     let stuck = CancellationToken::new();
     let stop = async {
         tokio::select! {
@@ -494,21 +518,34 @@ async fn consume_once<H: Handler>(
             let stuck = &stuck;
             async move {
                 let settled = tokio::time::timeout(
-                    SETTLE_TIMEOUT,
-                    settle(config, channel, handler.as_ref(), delivery),
+                    settle_timeout,
+                    settle(config, out, handler.as_ref(), &delivery),
                 )
                 .await;
                 match settled {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(
                         error = format!("{e:#}"),
                         "could not settle a delivery; the broker will redeliver it"
                     ),
                     Err(_) => {
+                        // Bounded like the run itself: the copy may hang
+                        // on a broken connection too.
+                        let counted = tokio::time::timeout(
+                            settle_timeout,
+                            count_unsettled(config, out, &delivery, settle_timeout),
+                        )
+                        .await;
+                        let error = match counted {
+                            Ok(Ok(())) => return,
+                            Ok(Err(e)) => format!("{e:#}"),
+                            Err(_) => format!("no answer within {settle_timeout:?}"),
+                        };
                         tracing::error!(
                             queue = %config.queue.name,
-                            timeout = ?SETTLE_TIMEOUT,
-                            "a delivery did not settle in time; reconnecting (the broker redelivers it)"
+                            timeout = ?settle_timeout,
+                            error,
+                            "a delivery did not settle in time and could not be sent on; reconnecting (the broker redelivers it)"
                         );
                         stuck.cancel();
                     }
@@ -520,13 +557,86 @@ async fn consume_once<H: Handler>(
         return Err(e);
     }
     if stuck.is_cancelled() {
-        anyhow::bail!("a delivery did not settle within {SETTLE_TIMEOUT:?}");
+        anyhow::bail!("a delivery did not settle within {settle_timeout:?}");
     }
     if !shutdown.is_cancelled() {
         anyhow::bail!("the broker ended the consumer");
     }
     let _ = channel.close(200, "shutting down".into()).await;
     let _ = conn.close(200, "shutting down".into()).await;
+    Ok(())
+}
+
+/// Where a consumer sends retry and dead-letter copies: its channel (in
+/// confirm mode), and the connection's frame size, which bounds a copy's
+/// properties ([`redelivery::failure_properties`]).
+struct Outlet<'a> {
+    channel: &'a Channel,
+    frame_max: u32,
+}
+
+/// Counts a run that did not settle within `timeout` as a failed attempt:
+/// copies the delivery to the retry queue of that attempt, or after the
+/// last one to the dead-letter queue, and acknowledges it once the copy is
+/// confirmed. A crash in between only duplicates it (the inbox absorbs
+/// that). Does nothing if the delivery was settled before the run hung.
+async fn count_unsettled(
+    config: &ConsumerConfig,
+    out: &Outlet<'_>,
+    delivery: &lapin::message::Delivery,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use crate::metrics::{CONSUMER_DEAD_LETTERED, CONSUMER_RETRIES};
+    if !delivery.acker.usable() {
+        return Ok(());
+    }
+    let queue = &config.queue.name;
+    let attempt = redelivery::attempts(&delivery.properties).saturating_add(1);
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_default();
+    let error = format!("the delivery did not settle within {timeout:?}");
+    let last = attempt >= config.retry.max_attempts;
+    let (target, reason, counter) = if last {
+        let reason = DeadLetterReason::MaxAttempts;
+        (
+            dead_letter_queue(queue),
+            Some(reason),
+            CONSUMER_DEAD_LETTERED,
+        )
+    } else {
+        let delay = config.retry.delay_after(attempt);
+        (
+            redelivery::retry_queue(queue, delay),
+            None,
+            CONSUMER_RETRIES,
+        )
+    };
+    let failure = Failure {
+        queue,
+        attempts: attempt,
+        error: &error,
+        reason,
+    };
+    let copy = redelivery::failure_properties(delivery, &failure, out.frame_max);
+    redelivery::publish_confirmed(out.channel, &target, &delivery.data, copy).await?;
+    delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .context("ack")?;
+    ::metrics::counter!(counter, "queue" => queue.clone()).increment(1);
+    tracing::error!(
+        queue = %queue,
+        message_id,
+        attempt,
+        timeout = ?timeout,
+        to = %target,
+        "a delivery did not settle in time; counted as a failed attempt"
+    );
     Ok(())
 }
 
@@ -538,22 +648,22 @@ async fn consume_once<H: Handler>(
 /// before the original is acknowledged.
 async fn settle<H: Handler>(
     config: &ConsumerConfig,
-    channel: &Channel,
+    out: &Outlet<'_>,
     handler: &H,
-    delivery: lapin::message::Delivery,
+    delivery: &lapin::message::Delivery,
 ) -> anyhow::Result<()> {
     use crate::metrics::{CONSUMER_DUPLICATES, CONSUMER_DURATION, CONSUMER_PROCESSED};
     let queue = config.queue.name.clone();
     // Attempts that failed before this one, plus this one.
     let attempt = redelivery::attempts(&delivery.properties).saturating_add(1);
-    let message = match Message::from_delivery(&delivery) {
+    let message = match Message::from_delivery(delivery) {
         Ok(m) => m,
         Err(reason) => {
             tracing::error!(queue = %config.queue.name, reason, "dead-lettering a message without identity");
             return park(
                 config,
-                channel,
-                &delivery,
+                out,
+                delivery,
                 DeadLetterReason::NoMessageId,
                 attempt,
                 &reason,
@@ -561,7 +671,7 @@ async fn settle<H: Handler>(
             .await;
         }
     };
-    let (exchange, _) = redelivery::original_route(&delivery);
+    let (exchange, _) = redelivery::original_route(delivery);
     let span = tracing::info_span!(
         "amqp.process",
         otel.name = %format_args!("{queue} process"),
@@ -602,18 +712,18 @@ async fn settle<H: Handler>(
             }
             Err(HandleError::Poison(reason)) => {
                 tracing::error!(queue = %config.queue.name, message_id = %id, reason, "dead-lettering a poison message");
-                park(config, channel, &delivery, DeadLetterReason::Poison, attempt, &reason).await
+                park(config, out, delivery, DeadLetterReason::Poison, attempt, &reason).await
             }
             Err(HandleError::Transient(e)) if attempt >= config.retry.max_attempts => {
                 let error = format!("{e:#}");
                 tracing::error!(queue = %config.queue.name, message_id = %id, attempt, error, "handler failed on the last attempt; dead-lettering");
-                park(config, channel, &delivery, DeadLetterReason::MaxAttempts, attempt, &error).await
+                park(config, out, delivery, DeadLetterReason::MaxAttempts, attempt, &error).await
             }
             Err(HandleError::Transient(e)) => {
                 let error = format!("{e:#}");
                 let delay = config.retry.delay_after(attempt);
                 tracing::warn!(queue = %config.queue.name, message_id = %id, attempt, retry_in = ?delay, error, "handler failed; retrying later");
-                retry(config, channel, &delivery, attempt, delay, &error).await
+                retry(config, out, delivery, attempt, delay, &error).await
             }
         }
     }
@@ -626,7 +736,7 @@ async fn settle<H: Handler>(
 /// requeues the original after a pause instead.
 async fn retry(
     config: &ConsumerConfig,
-    channel: &Channel,
+    out: &Outlet<'_>,
     delivery: &lapin::message::Delivery,
     attempts: u32,
     delay: Duration,
@@ -645,8 +755,8 @@ async fn retry(
         reason: None,
     };
     let target = redelivery::retry_queue(&config.queue.name, delay);
-    let copy = redelivery::failure_properties(delivery, &failure);
-    match redelivery::publish_confirmed(channel, &target, &delivery.data, copy).await {
+    let copy = redelivery::failure_properties(delivery, &failure, out.frame_max);
+    match redelivery::publish_confirmed(out.channel, &target, &delivery.data, copy).await {
         Ok(()) => {
             delivery
                 .acker
@@ -676,7 +786,7 @@ async fn retry(
 /// (without the failure headers).
 async fn park(
     config: &ConsumerConfig,
-    channel: &Channel,
+    out: &Outlet<'_>,
     delivery: &lapin::message::Delivery,
     reason: DeadLetterReason,
     attempts: u32,
@@ -695,8 +805,8 @@ async fn park(
         reason: Some(reason),
     };
     let dlq = dead_letter_queue(&config.queue.name);
-    let copy = redelivery::failure_properties(delivery, &failure);
-    match redelivery::publish_confirmed(channel, &dlq, &delivery.data, copy).await {
+    let copy = redelivery::failure_properties(delivery, &failure, out.frame_max);
+    match redelivery::publish_confirmed(out.channel, &dlq, &delivery.data, copy).await {
         Ok(()) => {
             delivery
                 .acker

@@ -15,6 +15,14 @@ use tonic::service::Routes;
 
 use crate::tls::{ServerTls, TlsIncoming};
 
+/// Largest header block an HTTP/2 request may carry. hyper's default,
+/// 16 KiB, refuses the largest valid W3C `tracestate` (32 members of
+/// 256-byte keys and values, 16,447 bytes) with a bare 431, which gRPC
+/// clients see as UNKNOWN, while HTTP/1.1 takes it. 64 KiB admits any valid
+/// trace context and still bounds a request; what is kept of the trace
+/// context is bounded again ([`crate::propagation::bound_tracestate`]).
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 /// Reflection services over the ordermesh descriptor set.
 pub fn reflection_routes(routes: Routes) -> anyhow::Result<Routes> {
     let v1 = tonic_reflection::server::Builder::configure()
@@ -51,6 +59,7 @@ pub async fn serve(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         // HTTP/1.1 too: Prometheus and probes call /metrics, /readyz over it.
         .accept_http1(true)
         // A server span, RPC metrics and the trace id on every response.

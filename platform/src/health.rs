@@ -2,7 +2,9 @@
 //!
 //! - `GET /healthz`: 200 while the process serves HTTP at all (alive).
 //! - `GET /readyz`: 200 when every dependency is reachable, else 503 naming
-//!   the ones that are not. The same verdict drives `grpc.health.v1`
+//!   the kinds that are not (`not ready: database, broker`). The port may be
+//!   public, so the answer carries no error text, host or database name:
+//!   the detail is logged instead. The same verdict drives `grpc.health.v1`
 //!   (`SERVING` / `NOT_SERVING`, for the service names and `""`).
 //! - `GET /metrics`: the Prometheus text of [`crate::metrics`].
 //!
@@ -42,8 +44,10 @@ pub struct Readiness {
 
 struct Inner {
     ready: AtomicBool,
-    /// Why it is not ready, for the `/readyz` body.
+    /// What is not ready, for the `/readyz` body: dependency kinds only.
     reason: Mutex<String>,
+    /// Why, with the errors: logged when it changes, never served.
+    detail: Mutex<String>,
     /// gRPC health names to keep in step (`""` is added).
     grpc: Option<(HealthReporter, Vec<String>)>,
 }
@@ -70,6 +74,7 @@ impl Readiness {
             inner: Arc::new(Inner {
                 ready: AtomicBool::new(false),
                 reason: Mutex::new("starting".to_owned()),
+                detail: Mutex::new(String::new()),
                 grpc,
             }),
         }
@@ -79,21 +84,34 @@ impl Readiness {
         self.inner.ready.load(Ordering::SeqCst)
     }
 
-    /// Why the process is not ready (empty when it is).
+    /// What is not ready, as `/readyz` says it (empty when ready).
     pub fn reason(&self) -> String {
         self.inner.reason.lock().expect("not poisoned").clone()
     }
 
-    /// Sets the verdict; `failing` names what is unreachable. Logs changes.
+    /// Sets the verdict; `failing` names what is unreachable, and is served
+    /// by `/readyz`: no error text. Logs changes.
     pub async fn set(&self, ready: bool, failing: &str) {
+        self.update(ready, failing, failing).await;
+    }
+
+    /// [`Readiness::set`], with `detail` (the errors) logged when it
+    /// changes while not ready, and never served.
+    async fn update(&self, ready: bool, failing: &str, detail: &str) {
         *self.inner.reason.lock().expect("not poisoned") = failing.to_owned();
+        let detail_changed = {
+            let mut last = self.inner.detail.lock().expect("not poisoned");
+            let changed = *last != detail;
+            detail.clone_into(&mut last);
+            changed
+        };
         let was = self.inner.ready.swap(ready, Ordering::SeqCst);
+        if ready && !was {
+            tracing::info!("ready: every dependency is reachable");
+        } else if !ready && (was || detail_changed) {
+            tracing::warn!(failing, detail, "not ready");
+        }
         if was != ready {
-            if ready {
-                tracing::info!("ready: every dependency is reachable");
-            } else {
-                tracing::warn!(failing, "not ready");
-            }
             self.report(ready).await;
         }
         ::metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
@@ -145,7 +163,7 @@ impl BrokerProbe {
         })
     }
 
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), Failing> {
         let mut connection = self.connection.lock().await;
         if connection.as_ref().is_some_and(|c| c.status().connected()) {
             return Ok(());
@@ -158,14 +176,66 @@ impl BrokerProbe {
                 *connection = Some(c);
                 Ok(())
             }
-            Ok(Err(e)) => Err(format!("broker: {e:#}")),
-            Err(_) => Err(format!("broker: no answer within {PROBE_TIMEOUT:?}")),
+            Ok(Err(e)) => Err(Failing::new(BROKER, format!("broker: {e:#}"))),
+            Err(_) => Err(Failing::new(
+                BROKER,
+                format!("broker: no answer within {PROBE_TIMEOUT:?}"),
+            )),
         }
     }
 }
 
+/// What `/readyz` names for a database that does not answer.
+const DATABASE: &str = "database";
+/// What `/readyz` names for a broker connection that is down (a consumer's
+/// or the probe's own).
+const BROKER: &str = "broker";
+
+/// A probe that failed: the dependency `/readyz` may name, and the error,
+/// which is only logged.
+#[derive(Debug)]
+struct Failing {
+    dependency: String,
+    detail: String,
+}
+
+impl Failing {
+    fn new(dependency: &str, detail: String) -> Self {
+        Self {
+            dependency: dependency.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// `error` and its sources, for the log (a pool error alone says only
+/// `db error`).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// The public and the logged sides of the failures of one round of probes:
+/// the distinct dependencies in probe order, and every detail.
+fn summarize(failing: &[Failing]) -> (String, String) {
+    let mut names: Vec<&str> = Vec::new();
+    for f in failing {
+        if !names.contains(&f.dependency.as_str()) {
+            names.push(&f.dependency);
+        }
+    }
+    let details: Vec<&str> = failing.iter().map(|f| f.detail.as_str()).collect();
+    (names.join(", "), details.join("; "))
+}
+
 impl Probe {
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), Failing> {
         match self {
             Self::Database { name, pool } => {
                 let status = pool.status();
@@ -176,18 +246,19 @@ impl Probe {
                     return Ok(());
                 }
                 let ping = async {
-                    let client = pool.get().await.map_err(|e| e.to_string())?;
+                    let client = pool.get().await.map_err(|e| error_chain(&e))?;
                     client
                         .simple_query("SELECT 1")
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| error_chain(&e))?;
                     Ok::<(), String>(())
                 };
                 match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(format!("database {name}: {e}")),
-                    Err(_) => Err(format!(
-                        "database {name}: no answer within {PROBE_TIMEOUT:?}"
+                    Ok(Err(e)) => Err(Failing::new(DATABASE, format!("database {name}: {e}"))),
+                    Err(_) => Err(Failing::new(
+                        DATABASE,
+                        format!("database {name}: no answer within {PROBE_TIMEOUT:?}"),
                     )),
                 }
             }
@@ -195,9 +266,9 @@ impl Probe {
                 if status.is_connected() {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "consumer {}: not connected to the broker",
-                        status.queue()
+                    Err(Failing::new(
+                        BROKER,
+                        format!("consumer {}: not connected to the broker", status.queue()),
                     ))
                 }
             }
@@ -206,7 +277,8 @@ impl Probe {
                 if up.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
-                    Err(format!("{name}: down"))
+                    // The name is the caller's constant, not an error.
+                    Err(Failing::new(name, format!("{name}: down")))
                 }
             }
         }
@@ -233,7 +305,8 @@ pub async fn watch(
                 failing.push(e);
             }
         }
-        readiness.set(failing.is_empty(), &failing.join("; ")).await;
+        let (public, detail) = summarize(&failing);
+        readiness.update(failing.is_empty(), &public, &detail).await;
         crate::metrics::handle().run_upkeep();
     }
     readiness.set(false, "shutting down").await;
@@ -268,6 +341,8 @@ pub fn with_ops_routes(
     )
 }
 
+/// `ready`, or `not ready: ` and the failing dependencies' kinds
+/// ([`Readiness::reason`]), never an error text.
 async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
     if readiness.is_ready() {
         (StatusCode::OK, "ready\n".to_owned())
@@ -300,6 +375,76 @@ mod tests {
         assert!(readiness.is_ready());
         readiness.set(false, "database d: refused").await;
         assert_eq!(readiness.reason(), "database d: refused");
+    }
+
+    #[tokio::test]
+    async fn readyz_names_what_is_down_without_its_error_text() {
+        use tower::ServiceExt as _;
+        let server = std::env::var("TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut config: tokio_postgres::Config = server.parse().unwrap();
+        let missing = format!("ordermesh_missing_{}", uuid::Uuid::now_v7().simple());
+        config.dbname(&missing);
+        let pool = crate::db::pool(config.into(), 1).unwrap();
+        let readiness = Readiness::http_only();
+        let shutdown = CancellationToken::new();
+        let probes = vec![
+            Probe::Database {
+                name: missing.clone(),
+                pool,
+            },
+            Probe::Flag {
+                name: "publisher".into(),
+                up: Arc::new(AtomicBool::new(false)),
+            },
+        ];
+        let task = tokio::spawn(watch(readiness.clone(), probes, shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while readiness.reason() == "starting" {
+            assert!(tokio::time::Instant::now() < deadline, "never probed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(readiness.reason(), "database, publisher");
+        let detail = readiness.inner.detail.lock().unwrap().clone();
+        assert!(
+            detail.contains(&missing) && detail.contains("does not exist"),
+            "the detail is kept for the log: {detail}"
+        );
+
+        let request = http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = ops_router(readiness.clone())
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert_eq!(body, "not ready: database, publisher\n");
+        for secret in [missing.as_str(), "does not exist", "db error", "127.0.0.1"] {
+            assert!(!body.contains(secret), "{secret:?} in {body:?}");
+        }
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn failures_are_summarized_by_kind_once_each() {
+        let failing = [
+            Failing::new(DATABASE, "database a: refused".into()),
+            Failing::new(BROKER, "broker: refused".into()),
+            Failing::new(DATABASE, "database b: timed out".into()),
+        ];
+        let (public, detail) = summarize(&failing);
+        assert_eq!(public, "database, broker");
+        assert_eq!(
+            detail,
+            "database a: refused; broker: refused; database b: timed out"
+        );
+        assert_eq!(summarize(&[]), (String::new(), String::new()));
     }
 
     #[tokio::test]

@@ -43,6 +43,12 @@ pub const RELAY_CONFIRM_DURATION: &str = "ordermesh_relay_confirm_duration_secon
 pub const RELAY_PUBLISH_FAILURES: &str = "ordermesh_relay_publish_failures_total";
 /// Broker connections a relay worker opened after its first; label `source`.
 pub const RELAY_RECONNECTS: &str = "ordermesh_relay_reconnects_total";
+/// Rows moved to `outbox_parked` because they can never be published;
+/// labels `source`, `reason` (`too_large`, `invalid`, `unroutable`,
+/// `nacked`, `behind_parked`).
+pub const RELAY_PARKED: &str = "ordermesh_relay_parked_total";
+/// Rows waiting in `outbox_parked` for an operator; label `source`.
+pub const RELAY_PARKED_ROWS: &str = "ordermesh_relay_parked_rows";
 
 /// Connections of a PostgreSQL pool; labels `pool`, `state` (`in_use`, `idle`).
 pub const DB_POOL_CONNECTIONS: &str = "ordermesh_db_pool_connections";
@@ -50,6 +56,10 @@ pub const DB_POOL_CONNECTIONS: &str = "ordermesh_db_pool_connections";
 pub const DB_POOL_MAX: &str = "ordermesh_db_pool_max_connections";
 /// Callers waiting for a pooled connection; label `pool`.
 pub const DB_POOL_WAITING: &str = "ordermesh_db_pool_waiting";
+
+/// Age of the oldest PENDING order, 0 when none (order-svc samples it every
+/// few seconds); one that keeps growing is a stuck order.
+pub const ORDERS_OLDEST_PENDING: &str = "ordermesh_orders_oldest_pending_seconds";
 
 /// 1 when the process is ready (dependencies reachable), else 0.
 pub const READY: &str = "ordermesh_ready";
@@ -70,9 +80,12 @@ pub const ALL: &[&str] = &[
     RELAY_CONFIRM_DURATION,
     RELAY_PUBLISH_FAILURES,
     RELAY_RECONNECTS,
+    RELAY_PARKED,
+    RELAY_PARKED_ROWS,
     DB_POOL_CONNECTIONS,
     DB_POOL_MAX,
     DB_POOL_WAITING,
+    ORDERS_OLDEST_PENDING,
     READY,
 ];
 
@@ -166,6 +179,11 @@ fn describe() {
         "rows nacked or unroutable, batches lost to broker errors"
     );
     describe_counter!(RELAY_RECONNECTS, "broker reconnections of relay workers");
+    describe_counter!(
+        RELAY_PARKED,
+        "outbox rows parked because they can never be published"
+    );
+    describe_gauge!(RELAY_PARKED_ROWS, "rows waiting in outbox_parked");
     describe_gauge!(
         DB_POOL_CONNECTIONS,
         "pooled PostgreSQL connections by state"

@@ -103,23 +103,83 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Withdraws the events of `aggregate_id` under `routing_key` that are still
-/// in the outbox, in the caller's transaction, and returns how many. An
-/// event the relay has published is gone from the table already; one it is
-/// publishing right now is locked by its batch, so this waits for that
-/// batch and then finds nothing to delete: an event is either withdrawn
-/// unseen or published, never both.
-///
-/// No index serves this (the outbox is meant to be near empty, and an index
-/// would tax every insert), so keep it off hot paths.
+/// What [`withdraw`] found of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// Deleted unpublished, in the caller's transaction: once that commits,
+    /// the event is never published.
+    Removed,
+    /// Locked by a relay batch that is publishing it right now; left alone,
+    /// so it will be published (unless the batch fails, then later).
+    InFlight,
+    /// Not in the outbox: published already, or never written.
+    Absent,
+}
+
+/// Withdraws the unpublished event `event_id` in the caller's transaction,
+/// without ever waiting for the relay: the row is found through the
+/// `event_id` unique index and taken `FOR UPDATE SKIP LOCKED`. A row a relay
+/// batch holds is being published, so it is left to be published
+/// ([`Withdrawal::InFlight`]): an event is either withdrawn unseen or
+/// published, never both, and the caller must be ready for either (the
+/// consumers of `order.created` and `order.cancelled` make the two commute).
+/// An event the relay parked (`outbox_parked`) is withdrawn too: it would
+/// only be published by an operator's replay.
 pub async fn withdraw(
+    tx: &deadpool_postgres::Transaction<'_>,
+    event_id: uuid::Uuid,
+) -> Result<Withdrawal, tokio_postgres::Error> {
+    // The EXISTS reads the snapshot the DELETE started from, so it sees a
+    // row this statement deletes as well as one it skipped.
+    let row = tx
+        .query_one(
+            r#"WITH target AS (
+                   SELECT id FROM outbox WHERE event_id = $1 FOR UPDATE SKIP LOCKED
+               ), removed AS (
+                   DELETE FROM outbox o USING target t WHERE o.id = t.id RETURNING o.id
+               ), unparked AS (
+                   DELETE FROM outbox_parked WHERE event_id = $1 RETURNING id
+               )
+               SELECT EXISTS (SELECT 1 FROM removed) OR EXISTS (SELECT 1 FROM unparked) AS removed,
+                      EXISTS (SELECT 1 FROM outbox WHERE event_id = $1) AS present"#,
+            &[&event_id],
+        )
+        .await?;
+    Ok(withdrawal(row.get("removed"), row.get("present")))
+}
+
+/// [`withdraw`] for an event whose id the caller did not keep: every event
+/// of `aggregate_id` under `routing_key`, with the same never-wait rule
+/// ([`Withdrawal::Removed`] if any was deleted). No index serves this (an
+/// index on `aggregate_id` would tax every insert), so it scans the outbox:
+/// keep it for rows written before their ids were kept.
+pub async fn withdraw_unindexed(
     tx: &deadpool_postgres::Transaction<'_>,
     aggregate_id: &str,
     routing_key: &str,
-) -> Result<u64, tokio_postgres::Error> {
-    tx.execute(
-        r#"DELETE FROM outbox WHERE aggregate_id = $1 AND routing_key = $2"#,
-        &[&aggregate_id, &routing_key],
-    )
-    .await
+) -> Result<Withdrawal, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            r#"WITH target AS (
+                   SELECT id FROM outbox
+                   WHERE aggregate_id = $1 AND routing_key = $2
+                   FOR UPDATE SKIP LOCKED
+               ), removed AS (
+                   DELETE FROM outbox o USING target t WHERE o.id = t.id RETURNING o.id
+               )
+               SELECT EXISTS (SELECT 1 FROM removed) AS removed,
+                      EXISTS (SELECT 1 FROM outbox
+                              WHERE aggregate_id = $1 AND routing_key = $2) AS present"#,
+            &[&aggregate_id, &routing_key],
+        )
+        .await?;
+    Ok(withdrawal(row.get("removed"), row.get("present")))
+}
+
+fn withdrawal(removed: bool, present: bool) -> Withdrawal {
+    match (removed, present) {
+        (true, _) => Withdrawal::Removed,
+        (false, true) => Withdrawal::InFlight,
+        (false, false) => Withdrawal::Absent,
+    }
 }

@@ -5,6 +5,15 @@
 //! The format is always W3C trace context, whatever global propagator is
 //! set, so the services and the relay agree on it. Injecting from a span
 //! without a valid context (no telemetry installed) writes nothing.
+//!
+//! Trace context comes from callers, and what is extracted ends up in every
+//! outbox row and AMQP message of the request, so it is bounded as W3C
+//! Trace Context allows ([`bound_tracestate`]): at most 32 `tracestate`
+//! members and 512 bytes, a malformed `tracestate` dropped whole (the
+//! `traceparent` is kept). Injection bounds it again, whatever the context
+//! came from: what [`span_headers`] makes for an outbox row is at most a
+//! `traceparent` (55 bytes) and a `tracestate` of 512 bytes. `baggage` is
+//! not propagated at all: it is neither extracted nor injected.
 
 use std::collections::BTreeMap;
 
@@ -21,17 +30,104 @@ pub const TRACESTATE: &str = "tracestate";
 /// Response header with the request's trace id (32 hex digits), for people
 /// pasting it into Jaeger.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
+/// Most `tracestate` list members kept (W3C Trace Context).
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// Longest `tracestate` kept, in bytes: W3C asks to propagate at least
+/// this much, and to truncate beyond it.
+pub const MAX_TRACESTATE_LEN: usize = 512;
+/// Members longer than this are the first dropped when truncating (W3C).
+const LARGE_MEMBER_LEN: usize = 128;
+
+/// `raw` (a `tracestate` value, or several joined with `,`) as W3C Trace
+/// Context allows it to be propagated: the first
+/// [`MAX_TRACESTATE_MEMBERS`] members, then, while the header is longer
+/// than [`MAX_TRACESTATE_LEN`], the last member over 128 bytes dropped, or
+/// the last member when none is that long. `None` when nothing is left or
+/// any member is malformed (W3C: an invalid `tracestate` is discarded).
+pub fn bound_tracestate(raw: &str) -> Option<String> {
+    let mut members = Vec::new();
+    for member in raw.split(',') {
+        // Optional white space around members; empty members are allowed.
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        if !valid_member(member) {
+            return None;
+        }
+        members.push(member);
+    }
+    members.truncate(MAX_TRACESTATE_MEMBERS);
+    let joined_len = |m: &[&str]| {
+        m.iter()
+            .map(|s| s.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1)
+    };
+    while joined_len(&members) > MAX_TRACESTATE_LEN {
+        let drop = members
+            .iter()
+            .rposition(|m| m.len() > LARGE_MEMBER_LEN)
+            .unwrap_or(members.len() - 1);
+        members.remove(drop);
+    }
+    (!members.is_empty()).then(|| members.join(","))
+}
+
+/// A `key=value` list member per the W3C Trace Context grammar.
+fn valid_member(member: &str) -> bool {
+    member
+        .split_once('=')
+        .is_some_and(|(key, value)| valid_key(key) && valid_value(value))
+}
+
+/// `simple-key` or `tenant-id@system-id`.
+fn valid_key(key: &str) -> bool {
+    let lead = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let rest = |s: &[u8]| {
+        s.iter()
+            .all(|&b| lead(b) || matches!(b, b'_' | b'-' | b'*' | b'/'))
+    };
+    match key.split_once('@') {
+        None => {
+            let k = key.as_bytes();
+            (1..=256).contains(&k.len()) && k[0].is_ascii_lowercase() && rest(&k[1..])
+        }
+        Some((tenant, system)) => {
+            let (t, s) = (tenant.as_bytes(), system.as_bytes());
+            (1..=241).contains(&t.len())
+                && lead(t[0])
+                && rest(&t[1..])
+                && (1..=14).contains(&s.len())
+                && s[0].is_ascii_lowercase()
+                && rest(&s[1..])
+        }
+    }
+}
+
+/// Up to 256 printable ASCII characters but `,` and `=`, not ending in a
+/// space.
+fn valid_value(value: &str) -> bool {
+    let v = value.as_bytes();
+    (1..=256).contains(&v.len())
+        && v.iter()
+            .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+        && v[v.len() - 1] != b' '
+}
 
 fn propagator() -> TraceContextPropagator {
     TraceContextPropagator::new()
 }
 
-/// The context `headers` carry (an empty context when they carry none).
+/// The context `headers` carry (an empty context when they carry none),
+/// its `tracestate` bounded by [`bound_tracestate`].
 pub fn extract_map(headers: &BTreeMap<String, String>) -> Context {
-    propagator().extract(&MapExtractor(headers))
+    let tracestate = MapExtractor(headers).get(TRACESTATE).map(str::to_owned);
+    propagator().extract(&Bounded::new(MapExtractor(headers), tracestate))
 }
 
-/// Writes `cx`'s trace context into `headers`, replacing any previous one.
+/// Writes `cx`'s trace context into `headers`, replacing any previous one;
+/// the `tracestate` written is bounded by [`bound_tracestate`].
 /// An invalid context (no telemetry) leaves `headers` as they are.
 pub fn inject_map(cx: &Context, headers: &mut BTreeMap<String, String>) {
     if cx.span().span_context().is_valid() {
@@ -52,12 +148,20 @@ pub fn span_headers(span: &tracing::Span) -> BTreeMap<String, String> {
     headers
 }
 
-/// The context of incoming HTTP or gRPC metadata.
+/// The context of incoming HTTP or gRPC metadata. Several `tracestate`
+/// fields are one list (W3C); it is bounded by [`bound_tracestate`].
 pub fn extract_http(headers: &http::HeaderMap) -> Context {
-    propagator().extract(&HttpExtractor(headers))
+    let fields: Vec<&str> = headers
+        .get_all(TRACESTATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let tracestate = (!fields.is_empty()).then(|| fields.join(","));
+    propagator().extract(&Bounded::new(HttpExtractor(headers), tracestate))
 }
 
-/// Writes `cx`'s trace context into HTTP or gRPC metadata.
+/// Writes `cx`'s trace context into HTTP or gRPC metadata (the
+/// `tracestate` bounded by [`bound_tracestate`]).
 pub fn inject_http(cx: &Context, headers: &mut http::HeaderMap) {
     if cx.span().span_context().is_valid() {
         propagator().inject_context(cx, &mut HttpInjector(headers));
@@ -81,6 +185,45 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let span_ref = cx.span();
     let sc = span_ref.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// An extractor whose `tracestate` is the bounded form of the one given.
+struct Bounded<E> {
+    inner: E,
+    tracestate: Option<String>,
+}
+
+impl<E: Extractor> Bounded<E> {
+    fn new(inner: E, tracestate: Option<String>) -> Self {
+        Self {
+            inner,
+            tracestate: tracestate.as_deref().and_then(bound_tracestate),
+        }
+    }
+}
+
+impl<E: Extractor> Extractor for Bounded<E> {
+    fn get(&self, key: &str) -> Option<&str> {
+        if key.eq_ignore_ascii_case(TRACESTATE) {
+            self.tracestate.as_deref()
+        } else {
+            self.inner.get(key)
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.inner.keys()
+    }
+}
+
+/// What an injector writes under `key`: `value`, or for `tracestate` its
+/// bounded form; `None` for nothing (an empty `tracestate` says nothing).
+fn bounded_value(key: &str, value: String) -> Option<String> {
+    if key.eq_ignore_ascii_case(TRACESTATE) {
+        bound_tracestate(&value)
+    } else {
+        (!value.is_empty()).then_some(value)
+    }
 }
 
 struct MapExtractor<'a>(&'a BTreeMap<String, String>);
@@ -107,8 +250,7 @@ struct MapInjector<'a>(&'a mut BTreeMap<String, String>);
 
 impl Injector for MapInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        // An empty `tracestate` says nothing; leave it out.
-        if !value.is_empty() {
+        if let Some(value) = bounded_value(key, value) {
             self.0.insert(key.to_owned(), value);
         }
     }
@@ -130,9 +272,9 @@ struct HttpInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HttpInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if value.is_empty() {
+        let Some(value) = bounded_value(key, value) else {
             return;
-        }
+        };
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(key.as_bytes()),
             http::HeaderValue::from_str(&value),
@@ -205,6 +347,179 @@ mod tests {
             cx.span().span_context().span_id().to_string(),
             "00f067aa0ba902b7"
         );
+    }
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// The hostile header of issue 13: 32 members of 256-byte keys and
+    /// values, 16,447 bytes.
+    fn hostile_tracestate() -> String {
+        (0..32)
+            .map(|i| format!("{:a<256}={:v<256}", format!("k{i:02}"), format!("{i:02}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn state_of(cx: &Context) -> String {
+        cx.span().span_context().trace_state().header()
+    }
+
+    #[test]
+    fn a_hostile_tracestate_is_not_kept_but_the_parent_is() {
+        let hostile = hostile_tracestate();
+        assert!(hostile.len() > 16_000);
+        assert_eq!(
+            bound_tracestate(&hostile),
+            None,
+            "every member is over 512 bytes"
+        );
+
+        let mut http = http::HeaderMap::new();
+        http.insert(TRACEPARENT, PARENT.parse().unwrap());
+        http.insert(TRACESTATE, hostile.parse().unwrap());
+        let cx = extract_http(&http);
+        assert!(cx.span().span_context().is_valid());
+        assert_eq!(state_of(&cx), "");
+
+        let map = BTreeMap::from([
+            (TRACEPARENT.to_owned(), PARENT.to_owned()),
+            (TRACESTATE.to_owned(), hostile),
+        ]);
+        let cx = extract_map(&map);
+        assert!(cx.span().span_context().is_valid());
+        assert_eq!(state_of(&cx), "");
+    }
+
+    #[test]
+    fn a_long_tracestate_drops_large_members_first_then_from_the_end() {
+        let large = format!("big={}", "x".repeat(200));
+        let small: Vec<String> = (0..40).map(|i| format!("v{i:02}=0123456789")).collect();
+        let mut members = vec![small[0].clone(), large.clone()];
+        members.extend(small[1..].iter().cloned());
+        let bounded = bound_tracestate(&members.join(",")).unwrap();
+        assert!(bounded.len() <= MAX_TRACESTATE_LEN, "{}", bounded.len());
+        assert!(!bounded.contains("big="), "the large member goes first");
+        let kept: Vec<&str> = bounded.split(',').collect();
+        // 32 members at most, of which the large one was dropped; the
+        // small ones kept are a prefix in their order.
+        assert_eq!(
+            kept,
+            small[..31].iter().map(String::as_str).collect::<Vec<_>>()
+        );
+
+        // Without large members: cut from the end until 512 bytes fit.
+        let wide: Vec<String> = (0..32)
+            .map(|i| format!("k{i:02}={}", "y".repeat(60)))
+            .collect();
+        let bounded = bound_tracestate(&wide.join(",")).unwrap();
+        let kept: Vec<&str> = bounded.split(',').collect();
+        assert_eq!(
+            kept,
+            wide[..kept.len()]
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        );
+        assert!(bounded.len() <= MAX_TRACESTATE_LEN);
+        assert!(bounded.len() + 1 + wide[kept.len()].len() > MAX_TRACESTATE_LEN);
+
+        // A short valid one is kept as it is, white space around members
+        // and empty members aside.
+        assert_eq!(
+            bound_tracestate(" congo=t61rcWkgMzE ,, rojo=00f067aa0ba902b7\t").as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+        assert_eq!(
+            bound_tracestate("tenant@vendor=1,a/b_c*d-e=x y").as_deref(),
+            Some("tenant@vendor=1,a/b_c*d-e=x y")
+        );
+    }
+
+    #[test]
+    fn a_malformed_tracestate_is_dropped_whole() {
+        for bad in [
+            "ok=1,novalue",
+            "ok=1,Upper=1",
+            "ok=1,1digit=1",
+            "ok=1,k=a=b",
+            "ok=1,k=",
+            "ok=1,k=tab\there",
+            "ok=1,k=caf\u{e9}",
+            "ok=1,t@=1",
+            "ok=1,t@Vendor=1",
+            "ok=1,t@vendorvendorvendor=1",
+            "ok=1,a@b@c=1",
+        ] {
+            assert_eq!(bound_tracestate(bad), None, "{bad:?}");
+        }
+        let long_key = format!("{}=1", "k".repeat(257));
+        assert_eq!(bound_tracestate(&long_key), None);
+        let long_value = format!("k={}", "v".repeat(257));
+        assert_eq!(bound_tracestate(&long_value), None);
+
+        let map = BTreeMap::from([
+            (TRACEPARENT.to_owned(), PARENT.to_owned()),
+            (TRACESTATE.to_owned(), "ok=1,bad".to_owned()),
+        ]);
+        let cx = extract_map(&map);
+        assert!(cx.span().span_context().is_valid(), "the parent is kept");
+        assert_eq!(state_of(&cx), "");
+    }
+
+    #[test]
+    fn several_tracestate_fields_are_one_list() {
+        let mut http = http::HeaderMap::new();
+        http.insert(TRACEPARENT, PARENT.parse().unwrap());
+        http.append(TRACESTATE, "a=1".parse().unwrap());
+        http.append(TRACESTATE, "b=2".parse().unwrap());
+        assert_eq!(state_of(&extract_http(&http)), "a=1,b=2");
+    }
+
+    #[test]
+    fn what_is_injected_is_bounded_whatever_the_context() {
+        // A context made in process, not extracted: still bounded when
+        // written into a header map (an outbox row) or metadata.
+        let members: Vec<(String, String)> = (0..32)
+            .map(|i| (format!("k{i:02}{}", "a".repeat(253)), "v".repeat(256)))
+            .collect();
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value(members).unwrap(),
+        );
+        let cx = Context::new().with_remote_span_context(sc);
+        let mut headers = BTreeMap::from([(TRACESTATE.to_owned(), "stale=1".to_owned())]);
+        inject_map(&cx, &mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert_eq!(headers[TRACEPARENT], PARENT);
+        let mut http = http::HeaderMap::new();
+        inject_http(&cx, &mut http);
+        assert!(http.get(TRACESTATE).is_none());
+
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("a", "1"), ("b", "2")]).unwrap(),
+        );
+        let cx = Context::new().with_remote_span_context(sc);
+        let mut headers = BTreeMap::new();
+        inject_map(&cx, &mut headers);
+        assert_eq!(headers[TRACESTATE], "a=1,b=2");
+    }
+
+    #[test]
+    fn baggage_is_not_propagated() {
+        let mut http = http::HeaderMap::new();
+        http.insert(TRACEPARENT, PARENT.parse().unwrap());
+        http.insert("baggage", "user=alice,tier=gold".parse().unwrap());
+        let cx = extract_http(&http);
+        let mut headers = BTreeMap::new();
+        inject_map(&cx, &mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), [TRACEPARENT]);
     }
 
     #[test]

@@ -14,6 +14,13 @@
 //! The broker must confirm a copy before the original is acknowledged: a
 //! crash in between delivers the original again (at worst a duplicate,
 //! which the inbox absorbs), never loses it.
+//!
+//! A copy's properties must fit in one frame of the connection, or the
+//! broker closes it and the message comes back for ever. So every header a
+//! copy carries is bounded ([`bound_headers`]): the error text is cut, the
+//! trace context bounded as W3C allows, foreign headers over
+//! [`MAX_FOREIGN_HEADER_LEN`] dropped, and while the whole still does not
+//! fit the largest foreign ones go first; [`HEADER_DROPPED`] counts them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -69,6 +76,16 @@ const BROKER_DEATH_HEADERS: &[&str] = &[
 /// Error text kept in [`HEADER_ERROR`]: all properties must fit in one
 /// frame ([`crate::amqp::FRAME_MAX`]).
 pub const MAX_ERROR_LEN: usize = 1024;
+/// How many of the message's own headers a copy left out to fit its frame
+/// (an integer; absent when none was).
+pub const HEADER_DROPPED: &str = "ordermesh-dropped-headers";
+/// Largest header (name and encoded value) copied from a message when
+/// ordermesh did not write it; larger ones are dropped.
+pub const MAX_FOREIGN_HEADER_LEN: usize = 1024;
+/// Bytes of a content-header frame besides the properties: the frame's
+/// header and end octet (8), then class, weight, body size and property
+/// flags (14).
+const HEADER_FRAME_OVERHEAD: usize = 8 + 14;
 
 /// How often, and after what pauses, a transiently failing message is
 /// tried again before it is parked in the dead-letter queue.
@@ -310,40 +327,40 @@ pub struct Failure<'a> {
 }
 
 /// The properties of a retry or dead-letter copy of `delivery`: its own,
-/// persistent, with the failure recorded in the headers.
+/// persistent, with the failure recorded in the headers, all of it within
+/// one frame of `frame_max` bytes (the connection's negotiated size).
 pub fn failure_properties(
     delivery: &lapin::message::Delivery,
     failure: &Failure<'_>,
+    frame_max: u32,
 ) -> BasicProperties {
     let (exchange, routing_key) = original_route(delivery);
     let mut headers = copied_headers(&delivery.properties);
+    headers.remove(HEADER_REASON);
     let text = |s: &str| AMQPValue::LongString(s.into());
-    headers.insert(HEADER_QUEUE.into(), text(failure.queue));
-    headers.insert(HEADER_EXCHANGE.into(), text(&exchange));
-    headers.insert(HEADER_ROUTING_KEY.into(), text(&routing_key));
-    headers.insert(
+    let mut ours = BTreeMap::new();
+    ours.insert(HEADER_QUEUE.into(), text(failure.queue));
+    ours.insert(HEADER_EXCHANGE.into(), text(&exchange));
+    ours.insert(HEADER_ROUTING_KEY.into(), text(&routing_key));
+    ours.insert(
         HEADER_ATTEMPTS.into(),
         AMQPValue::LongLongInt(i64::from(failure.attempts)),
     );
-    headers.insert(
+    ours.insert(
         HEADER_ERROR.into(),
         text(truncate(failure.error, MAX_ERROR_LEN)),
     );
-    headers.insert(HEADER_FAILED_AT.into(), text(&now_rfc3339()));
-    match failure.reason {
-        Some(reason) => headers.insert(HEADER_REASON.into(), text(reason.as_str())),
-        None => headers.remove(HEADER_REASON),
-    };
-    delivery
-        .properties
-        .clone()
-        .with_delivery_mode(2)
-        .with_headers(FieldTable::from(headers))
+    ours.insert(HEADER_FAILED_AT.into(), text(&now_rfc3339()));
+    if let Some(reason) = failure.reason {
+        ours.insert(HEADER_REASON.into(), text(reason.as_str()));
+    }
+    bounded_properties(delivery, headers, ours, frame_max)
 }
 
 /// The properties of a message replayed from a dead-letter queue: its own,
 /// persistent, with its original route kept, the attempt count and failure
-/// details dropped, and the replay time recorded.
+/// details dropped, and the replay time recorded; within one frame of
+/// [`crate::amqp::FRAME_MAX`] bytes.
 pub fn replay_properties(delivery: &lapin::message::Delivery, queue: &str) -> BasicProperties {
     let (exchange, routing_key) = original_route(delivery);
     let mut headers = copied_headers(&delivery.properties);
@@ -356,15 +373,167 @@ pub fn replay_properties(delivery: &lapin::message::Delivery, queue: &str) -> Ba
         headers.remove(name);
     }
     let text = |s: &str| AMQPValue::LongString(s.into());
-    headers.insert(HEADER_QUEUE.into(), text(queue));
-    headers.insert(HEADER_EXCHANGE.into(), text(&exchange));
-    headers.insert(HEADER_ROUTING_KEY.into(), text(&routing_key));
-    headers.insert(HEADER_REPLAYED_AT.into(), text(&now_rfc3339()));
-    delivery
-        .properties
-        .clone()
-        .with_delivery_mode(2)
-        .with_headers(FieldTable::from(headers))
+    let mut ours = BTreeMap::new();
+    ours.insert(HEADER_QUEUE.into(), text(queue));
+    ours.insert(HEADER_EXCHANGE.into(), text(&exchange));
+    ours.insert(HEADER_ROUTING_KEY.into(), text(&routing_key));
+    ours.insert(HEADER_REPLAYED_AT.into(), text(&now_rfc3339()));
+    bounded_properties(delivery, headers, ours, crate::amqp::FRAME_MAX)
+}
+
+/// `delivery`'s properties, persistent, with `copied` and `ours` as headers
+/// bounded by [`bound_headers`] to fit one frame of `frame_max` bytes.
+fn bounded_properties(
+    delivery: &lapin::message::Delivery,
+    copied: BTreeMap<ShortString, AMQPValue>,
+    ours: BTreeMap<ShortString, AMQPValue>,
+    frame_max: u32,
+) -> BasicProperties {
+    let properties = delivery.properties.clone().with_delivery_mode(2);
+    let budget = header_budget(&properties, frame_max);
+    let (headers, dropped) = bound_headers(copied, ours, budget);
+    if dropped > 0 {
+        tracing::warn!(
+            message_id = ?properties.message_id().as_ref().map(ShortString::as_str),
+            dropped,
+            "left headers out of a copy to fit the frame"
+        );
+    }
+    properties.with_headers(FieldTable::from(headers))
+}
+
+/// Bytes the header table may take in a content-header frame of
+/// `frame_max` bytes beside the other properties of `properties`.
+fn header_budget(properties: &BasicProperties, frame_max: u32) -> usize {
+    let frame_max = if frame_max == 0 {
+        usize::MAX
+    } else {
+        frame_max as usize
+    };
+    let short = |s: &Option<ShortString>| s.as_ref().map_or(0, |s| 1 + s.as_str().len());
+    let others = [
+        properties.content_type(),
+        properties.content_encoding(),
+        properties.correlation_id(),
+        properties.reply_to(),
+        properties.expiration(),
+        properties.message_id(),
+        properties.kind(),
+        properties.user_id(),
+        properties.app_id(),
+        properties.cluster_id(),
+    ]
+    .into_iter()
+    .map(short)
+    .sum::<usize>()
+        + usize::from(properties.delivery_mode().is_some())
+        + usize::from(properties.priority().is_some())
+        + properties.timestamp().map_or(0, |_| 8);
+    frame_max.saturating_sub(HEADER_FRAME_OVERHEAD + others)
+}
+
+/// The headers of a copy: `ours` (written by the consumer, each bounded
+/// where it is made) over `copied` (the message's own), so that the
+/// encoded table takes at most `budget` bytes; returns them and how many
+/// of `copied` were left out.
+///
+/// The `tracestate` is bounded as W3C allows
+/// ([`crate::propagation::bound_tracestate`]); any other copied header over
+/// [`MAX_FOREIGN_HEADER_LEN`] is dropped; then, while the table is too
+/// large, the largest copied header goes, the trace context last, and
+/// finally the error text is cut. [`HEADER_DROPPED`] records the count
+/// (added to an earlier copy's).
+pub fn bound_headers(
+    mut copied: BTreeMap<ShortString, AMQPValue>,
+    ours: BTreeMap<ShortString, AMQPValue>,
+    budget: usize,
+) -> (BTreeMap<ShortString, AMQPValue>, usize) {
+    use crate::propagation::{TRACEPARENT, TRACESTATE, bound_tracestate};
+    let before = copied.len();
+    for name in ours.keys() {
+        copied.remove(name);
+    }
+    // Counted before, by an earlier copy: the count goes on.
+    let earlier = copied
+        .remove(HEADER_DROPPED)
+        .and_then(|v| value_text(&v))
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .unwrap_or(0)
+        .max(0);
+    let ours_count = before - copied.len();
+    if let Some(state) = copied.get(TRACESTATE) {
+        match value_text(state).as_deref().and_then(bound_tracestate) {
+            Some(bounded) => {
+                copied.insert(TRACESTATE.into(), AMQPValue::LongString(bounded.into()));
+            }
+            None => {
+                copied.remove(TRACESTATE);
+            }
+        }
+    }
+    copied.retain(|k, v| entry_len(k, v) <= MAX_FOREIGN_HEADER_LEN);
+
+    // The count's own entry is reserved whether or not it is needed.
+    let count_len = entry_len(&HEADER_DROPPED.into(), &AMQPValue::LongLongInt(0));
+    let ours_len: usize = ours.iter().map(|(k, v)| entry_len(k, v)).sum();
+    let mut total =
+        4 + count_len + ours_len + copied.iter().map(|(k, v)| entry_len(k, v)).sum::<usize>();
+    while total > budget {
+        let trace = |k: &ShortString| k.as_str() == TRACEPARENT || k.as_str() == TRACESTATE;
+        let Some(name) = copied
+            .iter()
+            .max_by_key(|(k, v)| (!trace(k), entry_len(k, v)))
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        let value = copied.remove(&name).expect("present");
+        total -= entry_len(&name, &value);
+    }
+    let dropped = before - ours_count - copied.len();
+    let mut headers = copied;
+    headers.extend(ours);
+    if total > budget {
+        // Only ours left and still too large (a tiny frame): cut the error.
+        let excess = total - budget;
+        if let Some(error) = headers.get(HEADER_ERROR).and_then(value_text) {
+            let cut = truncate(&error, error.len().saturating_sub(excess)).to_owned();
+            headers.insert(HEADER_ERROR.into(), AMQPValue::LongString(cut.into()));
+        }
+    }
+    let count = earlier.saturating_add(dropped as i64);
+    if count > 0 {
+        headers.insert(HEADER_DROPPED.into(), AMQPValue::LongLongInt(count));
+    }
+    (headers, dropped)
+}
+
+/// Encoded size of a header table entry: name and typed value.
+fn entry_len(name: &ShortString, value: &AMQPValue) -> usize {
+    1 + name.as_str().len() + value_len(value)
+}
+
+/// Encoded size of an AMQP field value, its type octet included.
+fn value_len(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Void => 0,
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(a) => 4 + a.len(),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value_len).sum::<usize>(),
+        AMQPValue::FieldTable(t) => {
+            4 + t
+                .inner()
+                .iter()
+                .map(|(k, v)| entry_len(k, v))
+                .sum::<usize>()
+        }
+    }
 }
 
 fn copied_headers(properties: &BasicProperties) -> BTreeMap<ShortString, AMQPValue> {
@@ -504,6 +673,121 @@ mod tests {
             let err = RetryPolicy::from_env(&env(&pairs)).unwrap_err();
             assert!(err.to_string().contains(var), "{pairs:?}: {err}");
         }
+    }
+
+    fn table_len(headers: &BTreeMap<ShortString, AMQPValue>) -> usize {
+        4 + headers.iter().map(|(k, v)| entry_len(k, v)).sum::<usize>()
+    }
+
+    fn long(s: impl Into<String>) -> AMQPValue {
+        AMQPValue::LongString(s.into().into())
+    }
+
+    fn ours(error: &str) -> BTreeMap<ShortString, AMQPValue> {
+        BTreeMap::from([
+            (HEADER_QUEUE.into(), long("q")),
+            (HEADER_ATTEMPTS.into(), AMQPValue::LongLongInt(2)),
+            (HEADER_ERROR.into(), long(truncate(error, MAX_ERROR_LEN))),
+        ])
+    }
+
+    fn text_of(headers: &BTreeMap<ShortString, AMQPValue>, name: &str) -> Option<String> {
+        headers.get(name).and_then(value_text)
+    }
+
+    #[test]
+    fn a_copy_of_a_message_with_huge_headers_fits_its_frame() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let hostile_state: Vec<String> = (0..32)
+            .map(|i| format!("{:a<256}={:v<256}", format!("k{i:02}"), i))
+            .collect();
+        let mut copied = BTreeMap::from([
+            ("traceparent".into(), long(parent)),
+            ("tracestate".into(), long(hostile_state.join(","))),
+            ("x-huge".into(), long("h".repeat(20_000))),
+            ("x-small".into(), AMQPValue::LongInt(7)),
+            // Stale, replaced by ours.
+            (HEADER_ERROR.into(), long("e".repeat(5_000))),
+        ]);
+        for i in 0..20 {
+            copied.insert(format!("x-mid-{i:02}").into(), long("m".repeat(900)));
+        }
+        let error = "é".repeat(100_000);
+        let properties = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_type("test.Event".into())
+            .with_delivery_mode(2);
+        let budget = header_budget(&properties, crate::amqp::FRAME_MAX);
+        assert!(budget < crate::amqp::FRAME_MAX as usize);
+        let (headers, dropped) = bound_headers(copied, ours(&error), budget);
+
+        assert!(
+            table_len(&headers) <= budget,
+            "{} > {budget}",
+            table_len(&headers)
+        );
+        let kept_error = text_of(&headers, HEADER_ERROR).unwrap();
+        assert!(kept_error.len() <= MAX_ERROR_LEN && kept_error.len() >= MAX_ERROR_LEN - 1);
+        assert!(kept_error.chars().all(|c| c == 'é'));
+        assert_eq!(text_of(&headers, "traceparent").as_deref(), Some(parent));
+        assert!(
+            !headers.contains_key("tracestate"),
+            "no member fits 512 bytes"
+        );
+        assert!(!headers.contains_key("x-huge"));
+        assert_eq!(text_of(&headers, "x-small").as_deref(), Some("7"));
+        let mids = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-mid-"))
+            .count();
+        assert!(0 < mids && mids < 20, "{mids} of the 900-byte headers kept");
+        // tracestate, x-huge and the mids that did not fit.
+        assert_eq!(dropped, 2 + (20 - mids));
+        assert_eq!(text_of(&headers, HEADER_DROPPED), Some(dropped.to_string()));
+    }
+
+    #[test]
+    fn trace_context_goes_last_and_then_the_error_is_cut() {
+        let copied = BTreeMap::from([
+            (
+                "traceparent".into(),
+                long("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ),
+            ("tracestate".into(), long("a=1,b=2")),
+            ("x-other".into(), long("o".repeat(100))),
+        ]);
+        let error = "x".repeat(MAX_ERROR_LEN);
+        let all = table_len(&ours(&error)) + 200;
+        let (headers, dropped) = bound_headers(copied.clone(), ours(&error), all);
+        assert_eq!(dropped, 1, "{headers:?}");
+        assert!(headers.contains_key("traceparent") && headers.contains_key("tracestate"));
+        assert_eq!(text_of(&headers, "tracestate").as_deref(), Some("a=1,b=2"));
+        assert!(table_len(&headers) <= all);
+
+        let tiny = 300;
+        let (headers, dropped) = bound_headers(copied, ours(&error), tiny);
+        assert_eq!(dropped, 3);
+        assert!(table_len(&headers) <= tiny, "{}", table_len(&headers));
+        assert!(text_of(&headers, HEADER_ERROR).unwrap().len() < 200);
+        assert_eq!(text_of(&headers, HEADER_ATTEMPTS).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn the_dropped_count_adds_up_over_copies_and_a_malformed_tracestate_goes() {
+        let copied = BTreeMap::from([
+            (HEADER_DROPPED.into(), AMQPValue::LongLongInt(3)),
+            ("tracestate".into(), long("Bad Member")),
+            ("x-ok".into(), long("fine")),
+        ]);
+        let (headers, dropped) = bound_headers(copied, ours("boom"), 16_000);
+        assert_eq!(dropped, 1);
+        assert_eq!(text_of(&headers, HEADER_DROPPED).as_deref(), Some("4"));
+        assert!(!headers.contains_key("tracestate"));
+        assert_eq!(text_of(&headers, "x-ok").as_deref(), Some("fine"));
+
+        let (headers, dropped) = bound_headers(BTreeMap::new(), ours("boom"), 16_000);
+        assert_eq!(dropped, 0);
+        assert!(!headers.contains_key(HEADER_DROPPED));
     }
 
     #[test]

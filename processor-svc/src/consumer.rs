@@ -10,10 +10,17 @@
 //!   tombstone); a paid one is refunded once and `payment.refunded` sent.
 //!
 //! The two events of one order may arrive in either order, or at once.
-//! A message that can never be applied (unknown routing key, undecodable,
-//! no order id, data the database refuses, a cancel naming another customer
-//! than the one charged) is poison and dead-lettered at once; any other
-//! database failure is transient and the message is requeued.
+//! An `order.created` the database refuses to settle (data it rejects: a
+//! CHECK, a value out of range, text it cannot store) is poison, but it has
+//! an order to end: it is answered with `payment.failed` and the reason
+//! `rejected: <class>` in a fresh transaction ([`Store::reject_order`]), so
+//! the order becomes FAILED instead of waiting in the dead-letter queue.
+//! A message that can never be applied and has no order to fail (unknown
+//! routing key, undecodable, no order id; a cancel the database refuses or
+//! naming another customer than the one charged; an order whose failure the
+//! database refuses too) is dead-lettered at once. Any other database
+//! failure (connection lost, serialization failure, deadlock) is transient
+//! and the message is retried, then dead-lettered.
 //!
 //! [`AbortAfterCommit`] is a fault-injection knob for chaos runs
 //! (`PROCESSOR_CHAOS_ABORT_AFTER_COMMIT_PERMILLE`, off by default): it
@@ -24,7 +31,7 @@ use ordermesh_platform::outbox::OutboxEvent;
 use ordermesh_proto::events::v1 as events;
 
 use crate::Error;
-use crate::rules::{Cancellation, Decision, Embargo, Item, Order};
+use crate::rules::{self, Cancellation, Decision, Embargo, Item, Order};
 use crate::store::{CancelOutcome, Refund, Settlement, Store};
 
 /// The inbox name of this consumer.
@@ -111,13 +118,38 @@ impl OrderEventHandler {
         fields(message_id = %message_id, order_id = %order.order_id)
     )]
     async fn settle(&self, message_id: &str, order: Order) -> Result<(), HandleError> {
-        let settlement = self
+        let settled = self
             .store
             .settle_order(CONSUMER, message_id, &order, &self.embargo, |decision| {
                 outcome_event(&order, decision)
             })
-            .await
-            .map_err(store_error)?;
+            .await;
+        let settlement = match settled {
+            Ok(settlement) => settlement,
+            Err(e) => {
+                let rejection = e.rejection();
+                let error = anyhow::Error::from(e);
+                // The same data would be refused again: fail the order.
+                let Some(class) = rejection else {
+                    return Err(HandleError::Transient(error));
+                };
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    class,
+                    "the database refuses the order; failing it"
+                );
+                self.store
+                    .reject_order(
+                        CONSUMER,
+                        message_id,
+                        &order,
+                        &rules::rejected(class),
+                        |decision| outcome_event(&order, decision),
+                    )
+                    .await
+                    .map_err(store_error)?
+            }
+        };
         // Committed; the ack comes after this handler returns.
         self.abort_after_commit.after_commit(message_id);
         match settlement {
@@ -203,10 +235,12 @@ impl Handler for OrderEventHandler {
 
 /// Data the database refuses is poison; any other failure may pass.
 fn store_error(e: Error) -> HandleError {
-    if e.is_data_rejected() {
-        HandleError::Poison(format!("the database rejects the event: {e}"))
+    let rejected = e.is_data_rejected();
+    let error = anyhow::Error::from(e);
+    if rejected {
+        HandleError::Poison(format!("the database rejects the event: {error:#}"))
     } else {
-        HandleError::Transient(e.into())
+        HandleError::Transient(error)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The one error type of the service's domain and store. gRPC handlers turn
-//! it into a `tonic::Status` (see `grpc.rs`); the consumer treats every
+//! it into a `tonic::Status` (see `grpc.rs`); the consumer treats data the
+//! database rejects ([`Error::rejection`]) as poison and every other
 //! variant it can meet as transient.
 
 /// Why an operation did not happen.
@@ -37,13 +38,39 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the database refused the data itself (SQLSTATE class 22,
-    /// e.g. a NUL character in text): retrying the same input cannot help.
+    /// Whether the database refused the data itself, so that retrying the
+    /// same input cannot help: SQLSTATE class 22 (data exception, e.g. a NUL
+    /// character in text, a number out of range) or 23 (integrity
+    /// constraint, e.g. a CHECK), except 23505 unique violations, which the
+    /// idempotency keys expect and a retry resolves as a duplicate.
     pub fn is_data_rejected(&self) -> bool {
-        match self {
-            Self::Database(e) => e.code().is_some_and(|c| c.code().starts_with("22")),
-            _ => false,
-        }
+        self.rejection().is_some()
+    }
+
+    /// For data the database refused (see [`Error::is_data_rejected`]), a
+    /// short name of what was wrong, fit for a reason a customer may read:
+    /// no value, table or constraint names.
+    pub fn rejection(&self) -> Option<&'static str> {
+        let Self::Database(e) = self else {
+            return None;
+        };
+        let code = e.code()?.code();
+        let class = match code {
+            "23505" => return None,
+            "22001" => "value too long",
+            "22003" => "number out of range",
+            "22012" => "division by zero",
+            "22021" | "22P05" => "invalid text",
+            "22P02" => "invalid value",
+            "23502" => "missing value",
+            "23503" => "unknown reference",
+            "23514" => "check violation",
+            "23P01" => "exclusion violation",
+            c if c.starts_with("22") => "invalid data",
+            c if c.starts_with("23") => "integrity violation",
+            _ => return None,
+        };
+        Some(class)
     }
 
     pub(crate) fn invalid(field: &'static str, description: impl Into<String>) -> Self {

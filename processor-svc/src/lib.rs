@@ -44,7 +44,7 @@ use tonic::server::NamedService;
 
 pub use error::Error;
 
-use crate::auth::AuthApi;
+use crate::auth::{AuthApi, LoginPolicy};
 use crate::consumer::{AbortAfterCommit, OrderEventHandler};
 use crate::grpc::AccountApi;
 use crate::rules::Embargo;
@@ -114,6 +114,9 @@ pub struct Config {
     /// How issued tokens are signed (`AUTH_JWT_SIGNING_KEY_FILE`,
     /// `AUTH_TOKEN_TTL_S`).
     pub tokens: TokenConfig,
+    /// Hashing waits and the per-customer login throttle
+    /// (`AUTH_HASH_WAIT_MS`, `AUTH_LOGIN_*`).
+    pub login: LoginPolicy,
 }
 
 impl Config {
@@ -162,6 +165,7 @@ impl Config {
             chaos_abort_after_commit: AbortAfterCommit::new(abort_permille),
             auth: AuthConfig::from_env(env)?,
             tokens: TokenConfig::from_env(env)?,
+            login: LoginPolicy::from_env(env)?,
         })
     }
 
@@ -248,7 +252,7 @@ pub async fn run(
     );
     // /healthz, /readyz and /metrics on the gRPC port.
     let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness)
-        .add_service(AuthApi::new(store.clone(), signer).into_server());
+        .add_service(AuthApi::new(store.clone(), signer, config.login).into_server());
     // Bearer tokens on every call but health, reflection, AuthService and
     // the operational routes; rate limits per caller.
     let routes = ordermesh_platform::auth::protect(routes, auth);

@@ -3,7 +3,10 @@
 //! whether to debit the order's total or to fail it, and why.
 //!
 //! The rules apply in a fixed order, and the first that fails names the
-//! reason: embargoed SKU, inconsistent order, no account, currency, funds.
+//! reason: embargoed SKU, inconsistent order (no items, an invalid item, a
+//! total that disagrees with the items or is not positive), no account,
+//! currency, funds. An order the rules let through but the database then
+//! refuses is failed too (`rejected: <class>`, see `consumer.rs`).
 //! A [`Cancellation`] needs no rule: it always stops a charge that has not
 //! happened and gives back one that has (see `Store::cancel_order`).
 
@@ -19,6 +22,18 @@ pub const INSUFFICIENT_FUNDS: &str = "insufficient funds";
 pub const TOTAL_MISMATCH: &str = "total mismatch";
 /// Reason when the order has no items.
 pub const NO_ITEMS: &str = "no items";
+/// Reason when the order's total is 0 (a debit of nothing is no payment;
+/// order-svc refuses such orders, so this is defence in depth).
+pub const NON_POSITIVE_TOTAL: &str = "total not positive";
+/// Prefix of the reason when the database refused to apply an order (see
+/// [`rejected`]).
+pub const REJECTED_PREFIX: &str = "rejected: ";
+
+/// The failure reason of an order the database refused to settle, naming
+/// only the short class of what was wrong (`rejected: check violation`).
+pub fn rejected(class: &str) -> String {
+    format!("{REJECTED_PREFIX}{class}")
+}
 
 /// A new order, as the processor needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +137,9 @@ pub fn decide(order: &Order, account: Option<&AccountSnapshot>, embargo: &Embarg
         Some(total) if total == order.total_minor => total,
         _ => return Decision::fail(TOTAL_MISMATCH),
     };
+    if total <= 0 {
+        return Decision::fail(NON_POSITIVE_TOTAL);
+    }
     let Some(account) = account else {
         return Decision::fail(NO_ACCOUNT);
     };
@@ -245,6 +263,21 @@ mod tests {
         let o = order(vec![item("widget", 1, -100)]);
         let d = decide(&o, Some(&account("USD", 10_000)), &embargo());
         assert_eq!(reason(d), "invalid item: widget");
+    }
+
+    #[test]
+    fn a_total_of_zero_fails_and_is_never_debited() {
+        let o = order(vec![item("gift", 3, 0)]);
+        assert_eq!(o.total_minor, 0);
+        let d = decide(&o, Some(&account("USD", 10_000)), &embargo());
+        assert_eq!(reason(d), NON_POSITIVE_TOTAL);
+        // Without an account too: the order itself is wrong, whoever pays.
+        assert_eq!(reason(decide(&o, None, &embargo())), NON_POSITIVE_TOTAL);
+    }
+
+    #[test]
+    fn rejections_name_only_the_class() {
+        assert_eq!(rejected("check violation"), "rejected: check violation");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! REFUNDED. Whoever inserts the row first decides; the primary key and the
 //! guarded status update make every later message a no-op.
 
+use std::time::Duration;
+
 use deadpool_postgres::Pool;
 use ordermesh_platform::auth::Role;
 use ordermesh_platform::outbox::{self, OutboxEvent};
@@ -18,6 +20,7 @@ use tokio_postgres::Row;
 
 use crate::Error;
 use crate::account::{Account, Deposit, NewAccount};
+use crate::auth::{Admission, Throttle, ThrottleState};
 use crate::ledger::{self, TransactionKind, TransactionQuery};
 use crate::rules::{self, AccountSnapshot, Cancellation, Decision, Embargo, Order};
 
@@ -338,6 +341,91 @@ impl Store {
         Ok(Settlement::Decided(decision))
     }
 
+    /// Fails `order` with `reason` after [`Store::settle_order`] was refused
+    /// by the database (the event is poison: the same data would be refused
+    /// again), in a fresh transaction: records `message_id` in the inbox of
+    /// `consumer` (a known id changes nothing), records the FAILED decision
+    /// in `payments` unless the order was decided or cancelled before, and
+    /// enqueues the `payment.failed` built by `outcome_event`, so the order
+    /// ends instead of waiting for ever. Nothing is debited. When the
+    /// database refuses the `payments` row as well, the event is sent
+    /// without it.
+    #[tracing::instrument(skip(self, order, outcome_event), fields(order_id = %order.order_id))]
+    pub async fn reject_order(
+        &self,
+        consumer: &str,
+        message_id: &str,
+        order: &Order,
+        reason: &str,
+        outcome_event: impl FnOnce(&Decision) -> OutboxEvent,
+    ) -> Result<Settlement, Error> {
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn.transaction().await?;
+        if !ordermesh_platform::inbox::record(&tx, consumer, message_id).await? {
+            tx.commit().await?;
+            return Ok(Settlement::Duplicate);
+        }
+
+        // No account lock: nothing is debited, and the payments primary key
+        // alone serialises this with a concurrent settle or cancel.
+        let recorded = {
+            let savepoint = tx.transaction().await?;
+            let inserted = savepoint
+                .execute(
+                    r#"INSERT INTO payments
+                           (order_id, customer_id, amount_minor, currency_code, status, reason, message_id)
+                       VALUES ($1, $2, $3, $4, 'FAILED', $5, $6)
+                       ON CONFLICT (order_id) DO NOTHING"#,
+                    &[
+                        &order.order_id,
+                        &order.customer_id,
+                        &order.total_minor,
+                        &order.currency_code,
+                        &reason,
+                        &message_id,
+                    ],
+                )
+                .await;
+            match inserted.map_err(Error::from) {
+                Ok(inserted) => {
+                    savepoint.commit().await?;
+                    Some(inserted == 1)
+                }
+                Err(e) if e.is_data_rejected() => {
+                    savepoint.rollback().await?;
+                    let error = format!("{:#}", anyhow::Error::from(e));
+                    tracing::warn!(
+                        error,
+                        "the database refuses the failed payment too; reporting the failure without it"
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if recorded == Some(false) {
+            let status: String = tx
+                .query_one(
+                    r#"SELECT status FROM payments WHERE order_id = $1"#,
+                    &[&order.order_id],
+                )
+                .await?
+                .get(0);
+            tx.commit().await?;
+            return Ok(if status == "CANCELLED" {
+                Settlement::Cancelled
+            } else {
+                Settlement::AlreadySettled
+            });
+        }
+        let decision = Decision::Fail {
+            reason: reason.to_owned(),
+        };
+        outbox::enqueue(&tx, &outcome_event(&decision)).await?;
+        tx.commit().await?;
+        Ok(Settlement::Decided(decision))
+    }
+
     /// Cancels an order exactly once, in one transaction: records
     /// `message_id` in the inbox of `consumer` (a known id changes nothing),
     /// locks the customer's account if there is one, then either leaves a
@@ -502,8 +590,25 @@ impl Store {
         Ok(TransactionPage { transactions, more })
     }
 
+    /// Whether `customer_id` has credentials or an account: Register
+    /// refuses it. A cheap first check; [`Store::register`] checks again.
+    #[tracing::instrument(skip(self))]
+    pub async fn customer_id_taken(&self, customer_id: &str) -> Result<bool, Error> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_one(
+                r#"SELECT EXISTS (SELECT 1 FROM credentials WHERE customer_id = $1)
+                       OR EXISTS (SELECT 1 FROM accounts WHERE customer_id = $1)"#,
+                &[&customer_id],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// Stores the credentials of a new customer; `AlreadyRegistered` if the
-    /// id has some.
+    /// id has some (the primary key decides between concurrent Registers)
+    /// or has an account (an admin opened it: it is not for the taking).
+    /// A CreateAccount committing while this runs is as if it came after.
     #[tracing::instrument(skip(self, password_hash))]
     pub async fn register(
         &self,
@@ -515,7 +620,8 @@ impl Store {
         let inserted = conn
             .execute(
                 r#"INSERT INTO credentials (customer_id, password_hash, role)
-                   VALUES ($1, $2, $3)
+                   SELECT $1::text, $2::text, $3::text
+                   WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE customer_id = $1::text)
                    ON CONFLICT (customer_id) DO NOTHING"#,
                 &[&customer_id, &password_hash, &role.as_str()],
             )
@@ -543,6 +649,103 @@ impl Store {
                 .expect("the role CHECK allows only known roles");
             (row.get("password_hash"), role)
         }))
+    }
+
+    /// How long logins of `customer_id` stay refused, if they are locked
+    /// (a read only: [`Store::count_login_attempt`] decides).
+    #[tracing::instrument(skip(self))]
+    pub async fn login_locked_for(&self, customer_id: &str) -> Result<Option<Duration>, Error> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                r#"SELECT failures, last_failure_time, locked_until, forget_time, now() AS now
+                   FROM login_throttle
+                   WHERE customer_id = $1"#,
+                &[&customer_id],
+            )
+            .await?;
+        Ok(
+            row.and_then(|row| {
+                Throttle::locked_for(Some(&throttle_from_row(&row)), row.get("now"))
+            }),
+        )
+    }
+
+    /// Counts one login attempt of `customer_id`, unless `throttle` says its
+    /// logins are locked: in one transaction holding the id's
+    /// `login_throttle` row, so concurrent attempts (on any replica) are
+    /// counted one after the other. Counting also deletes a few rows that
+    /// have been forgotten, which keeps the table to the ids failing now.
+    #[tracing::instrument(skip(self, throttle))]
+    pub async fn count_login_attempt(
+        &self,
+        customer_id: &str,
+        throttle: &Throttle,
+    ) -> Result<Admission, Error> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        // A new row is born forgotten (forget_time = now): a fresh start.
+        let row = tx
+            .query_one(
+                r#"INSERT INTO login_throttle (customer_id, failures, last_failure_time, forget_time)
+                   VALUES ($1, 1, now(), now())
+                   ON CONFLICT (customer_id) DO UPDATE SET customer_id = EXCLUDED.customer_id
+                   RETURNING failures, last_failure_time, locked_until, forget_time, now() AS now"#,
+                &[&customer_id],
+            )
+            .await?;
+        let admission = throttle.admit(Some(&throttle_from_row(&row)), row.get("now"));
+        if let Admission::Counted(state) = &admission {
+            let failures = i32::try_from(state.failures).unwrap_or(i32::MAX);
+            tx.execute(
+                r#"UPDATE login_throttle
+                   SET failures = $2, last_failure_time = $3, locked_until = $4, forget_time = $5
+                   WHERE customer_id = $1"#,
+                &[
+                    &customer_id,
+                    &failures,
+                    &state.last_failure,
+                    &state.locked_until,
+                    &state.forget_time,
+                ],
+            )
+            .await?;
+            tx.execute(
+                r#"DELETE FROM login_throttle
+                   WHERE customer_id IN (
+                       SELECT customer_id FROM login_throttle
+                       WHERE forget_time < now() AND customer_id <> $1
+                       ORDER BY forget_time
+                       LIMIT 16
+                       FOR UPDATE SKIP LOCKED)"#,
+                &[&customer_id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(admission)
+    }
+
+    /// A successful login: the id's failures are forgotten.
+    #[tracing::instrument(skip(self))]
+    pub async fn login_succeeded(&self, customer_id: &str) -> Result<(), Error> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            r#"DELETE FROM login_throttle WHERE customer_id = $1"#,
+            &[&customer_id],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn throttle_from_row(row: &Row) -> ThrottleState {
+    let failures: i32 = row.get("failures");
+    ThrottleState {
+        failures: u32::try_from(failures).unwrap_or(0),
+        last_failure: row.get("last_failure_time"),
+        locked_until: row.get("locked_until"),
+        forget_time: row.get("forget_time"),
     }
 }
 

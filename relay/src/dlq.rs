@@ -593,8 +593,8 @@ fn print_detail(out: &mut impl Write, parked: &Parked) -> std::io::Result<()> {
 }
 
 /// The payload as proto3 JSON when `type` names a message of the ordermesh
-/// contracts and the bytes decode as one.
-fn decode_payload(event_type: Option<&str>, payload: &[u8]) -> Value {
+/// contracts and the bytes decode as one (also for `relay outbox show`).
+pub(crate) fn decode_payload(event_type: Option<&str>, payload: &[u8]) -> Value {
     let Some(name) = event_type else {
         return Value::Null;
     };

@@ -12,14 +12,21 @@
 //! payload, headers), so it serves any database with the platform outbox.
 //! Delivery is at least once; consumers deduplicate on the message id.
 //!
+//! No row blocks another: a row the broker can never take (too large for
+//! its frame, or refused `RELAY_MAX_ATTEMPTS` times) is moved to the
+//! `outbox_parked` table, and so are the later rows of its aggregate; a
+//! relay that cannot reach the broker hands its partitions over.
+//!
 //! `relay dlq` ([`dlq`]) lists, shows and replays the messages the
-//! consumers parked in their dead-letter queues.
+//! consumers parked in their dead-letter queues; `relay outbox`
+//! ([`parked`]) does the same for parked outbox rows.
 
 pub mod admin;
 pub mod dlq;
 pub mod drain;
 pub mod lease;
 pub mod listen;
+pub mod parked;
 pub mod publisher;
 pub mod stats;
 pub mod store;
@@ -57,6 +64,17 @@ pub const ENV_WARM_ROWS: &str = "RELAY_WARM_ROWS";
 pub const DEFAULT_WARM_ROWS: usize = 20;
 pub const ENV_REBALANCE_MS: &str = "RELAY_REBALANCE_MS";
 pub const DEFAULT_REBALANCE: Duration = Duration::from_millis(500);
+pub const ENV_PUBLISH_TIMEOUT_MS: &str = "RELAY_PUBLISH_TIMEOUT_MS";
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ENV_HANDOVER_AFTER_MS: &str = "RELAY_HANDOVER_AFTER_MS";
+pub const DEFAULT_HANDOVER_AFTER: Duration = Duration::from_secs(10);
+pub const ENV_MAX_ATTEMPTS: &str = "RELAY_MAX_ATTEMPTS";
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 10;
+pub const ENV_RETRY_MS: &str = "RELAY_RETRY_MS";
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+pub const ENV_MAX_MESSAGE_BYTES: &str = "RELAY_MAX_MESSAGE_BYTES";
+/// RabbitMQ's default `max_message_size` (128 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 << 20;
 pub const ENV_INSTANCE: &str = "RELAY_INSTANCE";
 /// Application name of the relay's claim and LISTEN connections (the lease
 /// connection's is `store::LEASE_APPLICATION_PREFIX` + instance).
@@ -90,6 +108,16 @@ pub struct Config {
     pub warm_rows: usize,
     /// Recount the relays and move partition leases this often.
     pub rebalance_interval: Duration,
+    /// Longest wait for a batch's confirms (and for a broker connection).
+    pub publish_timeout: Duration,
+    /// Hand the partitions over after the broker was unusable this long.
+    pub handover_after: Duration,
+    /// Park a row the broker refused this many times.
+    pub max_attempts: i32,
+    /// First wait before retrying a refused row; doubles per attempt.
+    pub retry_delay: Duration,
+    /// The broker's `max_message_size`: larger payloads are parked.
+    pub max_message_bytes: usize,
     /// This relay's name in `pg_stat_activity` (default: host name and pid).
     pub instance: String,
     pub admin_addr: SocketAddr,
@@ -131,6 +159,31 @@ impl Config {
         if rebalance_interval.is_zero() {
             return Err(config::invalid(ENV_REBALANCE_MS, 0, "must be positive"));
         }
+        let publish_timeout = config::millis(env, ENV_PUBLISH_TIMEOUT_MS, DEFAULT_PUBLISH_TIMEOUT)?;
+        if publish_timeout.is_zero() {
+            return Err(config::invalid(
+                ENV_PUBLISH_TIMEOUT_MS,
+                0,
+                "must be positive",
+            ));
+        }
+        let max_attempts = config::parse(env, ENV_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS)?;
+        if max_attempts < 1 {
+            return Err(config::invalid(
+                ENV_MAX_ATTEMPTS,
+                max_attempts,
+                "must be at least 1",
+            ));
+        }
+        let max_message_bytes =
+            config::parse(env, ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES)?;
+        if max_message_bytes == 0 {
+            return Err(config::invalid(
+                ENV_MAX_MESSAGE_BYTES,
+                0,
+                "must be positive",
+            ));
+        }
         Ok(Self {
             sources,
             broker: BrokerConfig::from_env(env)?,
@@ -140,6 +193,11 @@ impl Config {
             idle_after: config::millis(env, ENV_IDLE_AFTER_MS, DEFAULT_IDLE_AFTER)?,
             warm_rows: config::parse(env, ENV_WARM_ROWS, DEFAULT_WARM_ROWS)?,
             rebalance_interval,
+            publish_timeout,
+            handover_after: config::millis(env, ENV_HANDOVER_AFTER_MS, DEFAULT_HANDOVER_AFTER)?,
+            max_attempts,
+            retry_delay: config::millis(env, ENV_RETRY_MS, DEFAULT_RETRY)?,
+            max_message_bytes,
             instance: config::string(env, ENV_INSTANCE, &default_instance()),
             admin_addr: config::parse(
                 env,
@@ -184,22 +242,27 @@ pub async fn run(
         let mut claiming = named.clone();
         // Losing a delete to a crash only republishes (consumers dedupe), so
         // the relay's commits need not wait for the WAL flush. The lock
-        // timeout bounds a claim waiting on a previous lease holder's batch.
-        claiming.options(
-            [
-                source.config.get_options().unwrap_or_default(),
-                "-c synchronous_commit=off -c lock_timeout=5000",
-            ]
-            .join(" "),
-        );
-        let pool = db::pool(claiming, 2)?;
+        // timeout bounds a claim waiting on a previous lease holder's batch;
+        // the idle timeout ends a claim transaction whose relay stopped
+        // answering (its publish is bounded by `publish_timeout` already).
+        let idle_timeout = config.publish_timeout.as_millis() * 2 + 5_000;
+        claiming.options(format!(
+            "{} -c synchronous_commit=off -c lock_timeout=5000 \
+             -c idle_in_transaction_session_timeout={idle_timeout}",
+            source.config.get_options().unwrap_or_default()
+        ));
+        // The worker uses one connection at a time; the probes and the
+        // backlog monitor get their own, so a slow count under a backlog
+        // never holds up the drain.
+        let pool = db::pool(claiming, 1)?;
+        let observing = db::pool(named.clone(), 1)?;
         probes.push(Probe::Database {
             name: source.name.clone(),
-            pool: pool.clone(),
+            pool: observing.clone(),
         });
         tasks.spawn(
             "backlog",
-            stats::run_monitor(source.name.clone(), pool.clone(), shutdown.clone()),
+            stats::run_monitor(source.name.clone(), observing, shutdown.clone()),
         );
         tasks.spawn(
             "listener",
@@ -212,16 +275,23 @@ pub async fn run(
             ),
         );
         let worker = drain::WorkerConfig {
-            source: source.name.clone(),
             database: source.config.clone(),
             instance: config.instance.clone(),
             broker: config.broker.clone(),
-            batch_size: config.batch_size,
+            policy: drain::Policy {
+                source: source.name.clone(),
+                batch_size: config.batch_size,
+                publish_timeout: config.publish_timeout,
+                max_attempts: config.max_attempts,
+                retry_delay: config.retry_delay,
+            },
+            max_message_bytes: config.max_message_bytes,
             fallback_tick: config.fallback_tick,
             poll_interval: config.poll_interval,
             idle_after: config.idle_after,
             warm_rows: config.warm_rows,
             rebalance_interval: config.rebalance_interval,
+            handover_after: config.handover_after,
         };
         tasks.spawn(
             "worker",
@@ -270,6 +340,10 @@ mod tests {
             (ENV_BATCH_SIZE, "lots"),
             (ENV_FALLBACK_TICK_MS, "0"),
             (ENV_REBALANCE_MS, "0"),
+            (ENV_PUBLISH_TIMEOUT_MS, "0"),
+            (ENV_MAX_ATTEMPTS, "0"),
+            (ENV_MAX_MESSAGE_BYTES, "0"),
+            (ENV_HANDOVER_AFTER_MS, "later"),
             (ENV_POLL_MS, "soon"),
             (ENV_SOURCES, "postgres://h"),
             (ENV_ADMIN_ADDR, "nowhere"),

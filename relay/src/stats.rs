@@ -4,14 +4,17 @@
 //! - the outbox backlog as gauges, rows waiting and the age of the oldest,
 //!   refreshed every [`INTERVAL`] by [`run_monitor`]. Both go back to 0 once
 //!   the relay has caught up; a growing age means events are stuck;
-//! - what each drain step did ([`record_step`]): rows published, rows the
-//!   broker refused, batches lost to broker errors; and reconnections.
+//! - what each drain step did ([`record_step`]): rows published, batches
+//!   lost to broker errors; and reconnections. Rows the broker refused and
+//!   rows parked are counted where the batch is settled (`drain.rs`);
+//! - rows waiting in `outbox_parked`, as a gauge.
 
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use ordermesh_platform::metrics::{
-    RELAY_BACKLOG, RELAY_OLDEST_AGE, RELAY_PUBLISH_FAILURES, RELAY_PUBLISHED, RELAY_RECONNECTS,
+    RELAY_BACKLOG, RELAY_OLDEST_AGE, RELAY_PARKED_ROWS, RELAY_PUBLISH_FAILURES, RELAY_PUBLISHED,
+    RELAY_RECONNECTS,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -24,19 +27,6 @@ pub fn record_step(source: &str, result: &Result<Step, DrainError>) {
     let (published, failure) = match result {
         Ok(Step::Drained { published, .. }) => (*published, None),
         Ok(Step::Empty) => (0, None),
-        // The rows before the refused one were published and deleted.
-        Err(DrainError::Refused {
-            kept,
-            claimed,
-            reason,
-        }) => {
-            let label = if reason.contains("no queue") {
-                "unroutable"
-            } else {
-                "nacked"
-            };
-            (claimed - kept, Some(label))
-        }
         Err(DrainError::Broker(_)) => (0, Some("broker")),
         // Database trouble: nothing was published, nothing refused.
         Err(_) => (0, None),
@@ -68,6 +58,7 @@ pub async fn run_monitor(
 ) -> anyhow::Result<()> {
     let rows = ::metrics::gauge!(RELAY_BACKLOG, "source" => source.clone());
     let age = ::metrics::gauge!(RELAY_OLDEST_AGE, "source" => source.clone());
+    let parked = ::metrics::gauge!(RELAY_PARKED_ROWS, "source" => source.clone());
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -83,6 +74,7 @@ pub async fn run_monitor(
             Ok(backlog) => {
                 rows.set(backlog.rows as f64);
                 age.set(backlog.oldest_age_seconds);
+                parked.set(backlog.parked as f64);
             }
             Err(e) => tracing::debug!(source, error = e, "cannot measure the outbox backlog"),
         }

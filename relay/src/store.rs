@@ -19,19 +19,41 @@ pub const LEASE_LOCK_CLASS: i32 = 1_869_414_401;
 /// source, so counting them counts the live relays.
 pub const LEASE_APPLICATION_PREFIX: &str = "ordermesh-relay-lease/";
 
+/// The `WHERE` clause of the rows [`claim`] and [`pending`] may take
+/// (`outbox o`, partitions in `$1`): rows not waiting for a retry, and not
+/// behind a row of their aggregate that is.
+macro_rules! due_rows {
+    () => {
+        r#"WHERE o.partition = ANY($1)
+             AND (o.retry_time IS NULL OR o.retry_time <= now())
+             AND NOT EXISTS (SELECT 1 FROM outbox w
+                             WHERE w.retry_time IS NOT NULL
+                               AND w.retry_time > now()
+                               AND w.aggregate_id = o.aggregate_id AND w.id < o.id)"#
+    };
+}
+
 /// One outbox row, as published.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
     pub id: i64,
     pub event_id: uuid::Uuid,
+    pub aggregate_id: String,
     pub routing_key: String,
     pub event_type: String,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
     pub create_time: chrono::DateTime<chrono::Utc>,
+    /// Times the broker refused it so far.
+    pub attempts: i32,
+    /// An earlier row of its aggregate is parked: publishing this one
+    /// would overtake it.
+    pub behind_parked: bool,
 }
 
-/// Locks and returns up to `limit` of the oldest rows of `partitions`.
+/// Locks and returns up to `limit` of the oldest rows of `partitions` that
+/// are due: not waiting for a retry, and not behind a row of their
+/// aggregate that is (that one goes first).
 ///
 /// `FOR UPDATE` without `SKIP LOCKED`: while a lease changes hands, the
 /// previous holder may still be publishing a batch of the same partition;
@@ -46,15 +68,18 @@ pub async fn claim(
     partitions: &[i16],
     limit: i64,
 ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
+    // The two subqueries probe indexes that are empty unless a row waits
+    // for a retry (`outbox_retrying`) or is parked (`outbox_parked_aggregate`).
     let claim = tx
-        .prepare_cached(
-            r#"SELECT id, event_id, routing_key, event_type, payload, headers, create_time
-               FROM outbox
-               WHERE partition = ANY($1)
-               ORDER BY id
-               LIMIT $2
-               FOR UPDATE"#,
-        )
+        .prepare_cached(concat!(
+            r#"SELECT o.id, o.event_id, o.aggregate_id, o.routing_key, o.event_type,
+                          o.payload, o.headers, o.create_time, o.attempts,
+                          EXISTS (SELECT 1 FROM outbox_parked p
+                                  WHERE p.aggregate_id = o.aggregate_id) AS behind_parked
+                   FROM outbox o "#,
+            due_rows!(),
+            r#" ORDER BY o.id LIMIT $2 FOR UPDATE OF o"#
+        ))
         .await?;
     let rows = tx.query(&claim, &[&partitions, &limit]).await?;
     Ok(rows
@@ -64,14 +89,94 @@ pub async fn claim(
             OutboxRow {
                 id: r.get("id"),
                 event_id: r.get("event_id"),
+                aggregate_id: r.get("aggregate_id"),
                 routing_key: r.get("routing_key"),
                 event_type: r.get("event_type"),
                 payload: r.get("payload"),
                 headers: string_map(&headers),
                 create_time: r.get("create_time"),
+                attempts: r.get("attempts"),
+                behind_parked: r.get("behind_parked"),
             }
         })
         .collect())
+}
+
+/// A refused row to try again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub id: i64,
+    /// Its attempts, this one counted.
+    pub attempts: i32,
+    /// How long until it is due again.
+    pub delay_ms: i64,
+}
+
+/// Records one more refused attempt of each row and when it is due again.
+#[tracing::instrument(level = "debug", skip_all, fields(count = retries.len()))]
+pub async fn retry_later(
+    tx: &Transaction<'_>,
+    retries: &[Retry],
+) -> Result<u64, tokio_postgres::Error> {
+    let ids: Vec<i64> = retries.iter().map(|r| r.id).collect();
+    let attempts: Vec<i32> = retries.iter().map(|r| r.attempts).collect();
+    let delays: Vec<i64> = retries.iter().map(|r| r.delay_ms).collect();
+    tx.execute(
+        r#"UPDATE outbox o
+           SET attempts = r.attempts,
+               retry_time = clock_timestamp() + r.delay_ms * interval '1 millisecond'
+           FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS r(id, attempts, delay_ms)
+           WHERE o.id = r.id"#,
+        &[&ids, &attempts, &delays],
+    )
+    .await
+}
+
+/// A row that can never be published, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Park {
+    pub id: i64,
+    pub attempts: i32,
+    pub reason: String,
+}
+
+/// Moves rows from the outbox to `outbox_parked`, with their reasons, in
+/// the caller's transaction.
+#[tracing::instrument(level = "debug", skip_all, fields(count = parked.len()))]
+pub async fn park(tx: &Transaction<'_>, parked: &[Park]) -> Result<u64, tokio_postgres::Error> {
+    let ids: Vec<i64> = parked.iter().map(|p| p.id).collect();
+    let attempts: Vec<i32> = parked.iter().map(|p| p.attempts).collect();
+    let reasons: Vec<&str> = parked.iter().map(|p| p.reason.as_str()).collect();
+    tx.execute(
+        r#"WITH moved AS (
+               DELETE FROM outbox o
+               USING unnest($1::int8[], $2::int4[], $3::text[]) AS r(id, attempts, reason)
+               WHERE o.id = r.id
+               RETURNING o.id, o.event_id, o.aggregate_id, o.routing_key, o.event_type,
+                         o.payload, o.headers, o.create_time, r.attempts, r.reason)
+           INSERT INTO outbox_parked (id, event_id, aggregate_id, routing_key, event_type,
+                                      payload, headers, create_time, attempts, reason)
+           SELECT * FROM moved"#,
+        &[&ids, &attempts, &reasons],
+    )
+    .await
+}
+
+/// Which of `aggregates` still have parked rows, locked (`FOR KEY SHARE`)
+/// until the caller commits, so a replay cannot move them back meanwhile.
+pub async fn lock_parked_aggregates(
+    tx: &Transaction<'_>,
+    aggregates: &[&str],
+) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            r#"SELECT aggregate_id FROM outbox_parked
+               WHERE aggregate_id = ANY($1)
+               FOR KEY SHARE"#,
+            &[&aggregates],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Deletes published rows.
@@ -83,16 +188,21 @@ pub async fn delete(tx: &Transaction<'_>, ids: &[i64]) -> Result<u64, tokio_post
     tx.execute(&delete, &[&ids]).await
 }
 
-/// Whether any row of `partitions` waits: one cheap round trip, so a
-/// polling relay opens a transaction only when there is work. It walks the
-/// primary key like the claim does, so the dead entries deleted rows leave
-/// behind are skipped (and marked dead) instead of scanned in the heap.
+/// Whether any row of `partitions` is due (as [`claim`] means it): one
+/// cheap round trip, so a polling relay opens a transaction only when there
+/// is work. It walks the primary key like the claim does, so the dead
+/// entries deleted rows leave behind are skipped (and marked dead) instead
+/// of scanned in the heap.
 pub async fn pending(
     client: &deadpool_postgres::Client,
     partitions: &[i16],
 ) -> Result<bool, tokio_postgres::Error> {
     let probe = client
-        .prepare_cached(r#"SELECT id FROM outbox WHERE partition = ANY($1) ORDER BY id LIMIT 1"#)
+        .prepare_cached(concat!(
+            "SELECT o.id FROM outbox o ",
+            due_rows!(),
+            " ORDER BY o.id LIMIT 1"
+        ))
         .await?;
     let row = client.query_opt(&probe, &[&partitions]).await?;
     Ok(row.is_some())
@@ -178,14 +288,17 @@ pub struct Backlog {
     pub rows: i64,
     /// Age of the oldest row; 0 when the outbox is empty.
     pub oldest_age_seconds: f64,
+    /// Rows in `outbox_parked`, waiting for an operator.
+    pub parked: i64,
 }
 
-/// Rows waiting in the outbox and the age of the oldest.
+/// Rows waiting in the outbox, the age of the oldest, and parked rows.
 pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postgres::Error> {
     let row = client
         .query_one(
             r#"SELECT count(*),
-                      COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(create_time)), 0)::float8
+                      COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(create_time)), 0)::float8,
+                      (SELECT count(*) FROM outbox_parked)
                FROM outbox"#,
             &[],
         )
@@ -193,6 +306,7 @@ pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postg
     Ok(Backlog {
         rows: row.get(0),
         oldest_age_seconds: row.get::<_, f64>(1).max(0.0),
+        parked: row.get(2),
     })
 }
 

@@ -1,8 +1,10 @@
 //! Authentication across the real binaries: a customer registered on
 //! processor-svc orders on order-svc with its token and reaches only its
 //! own resources; `processor-svc token` prints a token both services take;
-//! rate limits answer 429 with Retry-After; a service without a key does
-//! not start.
+//! rate limits answer 429 with Retry-After; an account an admin opened
+//! cannot be claimed by registering; password guessing behind a trusted
+//! proxy is throttled per customer id; a service without a key, or with a
+//! bad trusted-proxy list, does not start.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -154,7 +156,7 @@ async fn a_registered_customer_orders_for_itself_only() {
         Method::POST,
         "/v1/orders",
         &[("authorization", &bearer)],
-        Some(json!({"customerId": other, "items": [{"sku": "a", "quantity": 1}]}).to_string()),
+        Some(json!({"customerId": other, "items": [{"sku": "a", "quantity": 1, "unitPriceMinor": 1}]}).to_string()),
     )
     .await
     .error(403, 7);
@@ -283,5 +285,137 @@ fn services_without_a_verification_key_refuse_to_start() {
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(stderr.contains("AUTH_JWT_SECRET"), "{name}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn registering_and_guessing_behind_an_ingress() {
+    // The test is the ingress: its address is a trusted proxy.
+    let mesh = Mesh::start(&[
+        ("AUTH_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("RATE_LIMIT_PER_S", "1"),
+        ("RATE_LIMIT_BURST", "3"),
+        ("AUTH_LOGIN_MAX_FAILURES", "3"),
+        ("AUTH_LOGIN_LOCKOUT_MS", "60000"),
+    ])
+    .await;
+    let http = http1();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (funded, mine) = (format!("funded-{suffix}"), format!("mine-{suffix}"));
+    let mut addresses = (1..).map(|i: u32| format!("198.51.100.{i}"));
+    let mut post = async |path: &str, body: serde_json::Value| {
+        let xff = addresses.next().unwrap();
+        send(
+            &http,
+            &mesh.processor_addr,
+            Method::POST,
+            path,
+            &[NO_TOKEN, ("x-forwarded-for", &xff)],
+            Some(body.to_string()),
+        )
+        .await
+    };
+
+    // An admin opened and funded this account: registering as it is 409.
+    open_account(&mesh, &funded, 1000).await;
+    post(
+        "/v1/auth:register",
+        json!({"customerId": funded, "password": "the attacker's password"}),
+    )
+    .await
+    .error(409, 6);
+    let answer = post(
+        "/v1/auth:register",
+        json!({"customerId": mine, "password": "my own password"}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+
+    // Guesses from ever new addresses: each has a bucket of its own, but
+    // the customer id is locked after 3.
+    let mut statuses = Vec::new();
+    let mut locked = None;
+    for i in 0..8 {
+        let answer = post(
+            "/v1/auth:login",
+            json!({"customerId": mine, "password": format!("guess {i}")}),
+        )
+        .await;
+        statuses.push(answer.status);
+        if answer.status == 429 {
+            locked = Some(answer);
+        }
+    }
+    assert_eq!(statuses[..3], [401; 3], "{statuses:?}");
+    assert_eq!(statuses[3..], [429; 5], "{statuses:?}");
+    let locked = locked.unwrap();
+    let body = locked.error(429, 8);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("too many failed logins"),
+        "{body}"
+    );
+    let seconds: u64 = locked.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&seconds), "{seconds}");
+    // Even the right password waits; nobody else does.
+    post(
+        "/v1/auth:login",
+        json!({"customerId": mine, "password": "my own password"}),
+    )
+    .await
+    .error(429, 8);
+    let other = format!("other-{suffix}");
+    let answer = post(
+        "/v1/auth:register",
+        json!({"customerId": other, "password": "another password"}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let answer = post(
+        "/v1/auth:login",
+        json!({"customerId": other, "password": "another password"}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[test]
+fn a_bad_trusted_proxy_list_stops_the_start() {
+    for (name, addr_var) in [
+        ("order-svc", "ORDER_SVC_ADDR"),
+        ("processor-svc", "PROCESSOR_SVC_ADDR"),
+    ] {
+        let mut child = Command::new(binary(name))
+            .env("AUTH_JWT_SECRET", AUTH_SECRET)
+            .env("AUTH_TRUSTED_PROXIES", "10.0.0.0/8, the-ingress")
+            .env(addr_var, "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It fails reading its configuration, before anything else.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{name} started with a bad AUTH_TRUSTED_PROXIES");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{name}: {status:?}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("AUTH_TRUSTED_PROXIES"), "{name}: {stderr}");
     }
 }

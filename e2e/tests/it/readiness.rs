@@ -1,7 +1,8 @@
 //! Readiness follows the dependencies: the three binaries reach RabbitMQ
 //! through a TCP proxy the test cuts; `/readyz` and `grpc.health.v1` go
-//! not-ready, come back once the broker is reachable again, and the order
-//! taken during the outage is paid exactly once.
+//! not-ready, naming the broker but no error text, come back once the
+//! broker is reachable again, and the order taken during the outage is paid
+//! exactly once.
 
 use std::time::Duration;
 
@@ -86,8 +87,13 @@ async fn losing_the_broker_flips_readiness_and_recovery_loses_no_order() {
     })
     .await;
     assert!(down.is_some(), "not every binary reported not-ready");
-    let (_, reason) = http_get(&mesh.order_addr, "/readyz").await.unwrap();
-    assert!(reason.contains("broker"), "{reason}");
+    // Every port names the dependency, never its error: no address, URL
+    // or error text reaches whoever asks.
+    for addr in [&mesh.order_addr, &mesh.processor_addr, relay_admin(&mesh)] {
+        let (status, body) = http_get(addr, "/readyz").await.unwrap();
+        assert_eq!(status, 503, "{addr}: {body}");
+        assert_names_only(&body, &proxy.addr);
+    }
     // Still alive, and still taking orders: they wait in the outbox.
     let (status, _) = http_get(&mesh.processor_addr, "/healthz").await.unwrap();
     assert_eq!(status, 200);
@@ -120,6 +126,43 @@ async fn losing_the_broker_flips_readiness_and_recovery_loses_no_order() {
         10_000 - 1_000 - 2_000,
         "each order paid once"
     );
+}
+
+fn relay_admin(mesh: &Mesh) -> &String {
+    &mesh.env["RELAY_ADMIN_ADDR"]
+}
+
+/// A not-ready `/readyz` body that names `broker` among known dependency
+/// kinds and holds nothing else (`broker_addr` least of all).
+fn assert_names_only(body: &str, broker_addr: &str) {
+    let names = body
+        .strip_prefix("not ready: ")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("{body:?}"));
+    let names: Vec<&str> = names.split(", ").collect();
+    assert!(names.contains(&"broker"), "{body:?}");
+    for name in &names {
+        assert!(
+            ["broker", "database", "order watch LISTEN connection"].contains(name),
+            "{name:?} in {body:?}"
+        );
+    }
+    for secret in [broker_addr, "127.0.0.1", "amqp", "refused", "error"] {
+        assert!(!body.contains(secret), "{secret:?} in {body:?}");
+    }
+}
+
+#[test]
+fn a_body_of_names_passes_and_error_text_fails() {
+    assert_names_only("not ready: broker\n", "127.0.0.1:1");
+    assert_names_only("not ready: database, broker\n", "127.0.0.1:1");
+    let leaked = std::panic::catch_unwind(|| {
+        assert_names_only(
+            "not ready: broker: connection refused (127.0.0.1:1)\n",
+            "127.0.0.1:1",
+        );
+    });
+    assert!(leaked.is_err());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1 as pb;
 use prost::{Message as _, Name as _};
 
-use crate::helpers::{TestApp, assert_invalid, order_request, spawn_app};
+use crate::helpers::{PATIENCE, TestApp, assert_invalid, order_request, spawn_app};
 
 fn is(status: pb::OrderStatus) -> impl Fn(&pb::Order) -> bool {
     move |o| o.status == status as i32
@@ -89,16 +89,153 @@ async fn a_pending_order_is_cancelled_at_once_with_one_event() {
     );
     // No relay runs here, so order.created was still in the outbox: it is
     // withdrawn with the cancel, and the processor never hears of the order.
-    let left: Vec<String> = app
+    assert_eq!(outbox_keys(&app).await, ["order.cancelled"]);
+}
+
+#[tokio::test]
+async fn cancelling_an_order_whose_event_the_relay_parked_withdraws_it_from_the_parked_table() {
+    let app = spawn_app().await;
+    app.create(order_request("ord-parked", "alice"))
+        .await
+        .unwrap();
+    // As the relay parks a row it can never publish: same id, with a reason.
+    app.sql()
+        .await
+        .batch_execute(
+            "WITH moved AS (DELETE FROM outbox WHERE aggregate_id = 'ord-parked' RETURNING *)
+             INSERT INTO outbox_parked (id, event_id, aggregate_id, routing_key, event_type,
+                                        payload, headers, create_time, attempts, reason)
+             SELECT id, event_id, aggregate_id, routing_key, event_type, payload, headers,
+                    create_time, 10, 'unroutable: test' FROM moved",
+        )
+        .await
+        .unwrap();
+
+    let cancelled = cancel(&app, "ord-parked", "stuck").await.unwrap();
+    assert_eq!(cancelled.status, pb::OrderStatus::Cancelled as i32);
+    let parked: i64 = app
         .sql()
+        .await
+        .query_one("SELECT count(*) FROM outbox_parked", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parked, 0, "the parked order.created is withdrawn");
+    assert_eq!(outbox_keys(&app).await, ["order.cancelled"]);
+}
+
+/// The routing keys left in the outbox, oldest first.
+async fn outbox_keys(app: &TestApp) -> Vec<String> {
+    app.sql()
         .await
         .query("SELECT routing_key FROM outbox ORDER BY id", &[])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
+        .collect()
+}
+
+/// Cancels `order_id` while a transaction holds its `order.created` outbox
+/// row `FOR UPDATE`, as a relay batch publishing it does (for as long as
+/// the broker takes: a relay cut off from it holds the row for seconds).
+/// The cancel must not wait for that lock: it is bounded here only by a
+/// generous deadline, far longer than the 1 s it is meant to take, so a
+/// slow machine does not fail it. Then the "relay" lets go.
+async fn cancel_while_the_relay_holds_the_event(app: &TestApp, order_id: &str) -> pb::Order {
+    let mut relay = app.sql().await;
+    let batch = relay.transaction().await.unwrap();
+    let held = batch
+        .query(
+            "SELECT id FROM outbox WHERE aggregate_id = $1 AND routing_key = 'order.created'
+             FOR UPDATE",
+            &[&order_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+
+    let cancelled = tokio::time::timeout(PATIENCE, cancel(app, order_id, "too slow"))
+        .await
+        .expect("CancelOrder waited for the relay's lock")
+        .unwrap();
+    batch.rollback().await.unwrap();
+    cancelled
+}
+
+#[tokio::test]
+async fn cancel_leaves_an_event_being_published_to_the_relay_without_waiting() {
+    let app = spawn_app().await;
+    let created = app.create(order_request("ord-1", "alice")).await.unwrap();
+    // The order keeps its event's id, so the withdraw finds it by index.
+    let sql = app.sql().await;
+    let kept: Option<uuid::Uuid> = sql
+        .query_one(
+            "SELECT created_event_id FROM orders WHERE order_id = 'ord-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let written: uuid::Uuid = sql
+        .query_one("SELECT event_id FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, Some(written));
+
+    let cancelled = cancel_while_the_relay_holds_the_event(&app, "ord-1").await;
+    assert_eq!(cancelled.status, pb::OrderStatus::Cancelled as i32);
+    assert_eq!(cancelled.version, created.version + 1);
+    assert_eq!(app.get("ord-1").await.unwrap(), cancelled);
+    // The relay was publishing order.created: it is left to be published,
+    // and the processor, seeing the cancel after it, refunds or never
+    // charges.
+    assert_eq!(
+        outbox_keys(&app).await,
+        ["order.created", "order.cancelled"]
+    );
+}
+
+#[tokio::test]
+async fn orders_from_before_the_event_id_was_kept_are_withdrawn_by_a_scan() {
+    let app = spawn_app().await;
+    app.create(order_request("ord-1", "alice")).await.unwrap();
+    app.create(order_request("ord-2", "alice")).await.unwrap();
+    app.sql()
+        .await
+        .execute("UPDATE orders SET created_event_id = NULL", &[])
+        .await
+        .unwrap();
+
+    // Unpublished: withdrawn.
+    let cancelled = cancel(&app, "ord-1", "").await.unwrap();
+    assert_eq!(cancelled.status, pb::OrderStatus::Cancelled as i32);
+    // Being published: left alone, without waiting either.
+    let cancelled = cancel_while_the_relay_holds_the_event(&app, "ord-2").await;
+    assert_eq!(cancelled.status, pb::OrderStatus::Cancelled as i32);
+
+    let left: Vec<(String, String)> = app
+        .sql()
+        .await
+        .query(
+            "SELECT aggregate_id, routing_key FROM outbox ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(left, ["order.cancelled"]);
+    let pair = |o: &str, k: &str| (o.to_owned(), k.to_owned());
+    assert_eq!(
+        left,
+        [
+            pair("ord-2", "order.created"),
+            pair("ord-1", "order.cancelled"),
+            pair("ord-2", "order.cancelled"),
+        ]
+    );
 }
 
 #[tokio::test]

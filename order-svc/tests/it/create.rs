@@ -1,11 +1,13 @@
 //! CreateOrder: validation, the stored order, its outbox event, idempotency
 //! and atomicity.
 
+use ordermesh_platform::auth::Role;
+use ordermesh_platform::testing::rest_call;
 use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1 as pb;
 use prost::Message as _;
 
-use crate::helpers::{assert_invalid, item, order_request, spawn_app};
+use crate::helpers::{assert_invalid, item, order_request, spawn_app, token};
 
 #[tokio::test]
 async fn invalid_requests_name_the_field() {
@@ -42,6 +44,11 @@ async fn invalid_requests_name_the_field() {
             "items[0]",
             Box::new(|r| r.items[0] = item("a", 3, i64::MAX / 2)),
         ),
+        // Free items only: nothing to pay, so no payment would ever end it.
+        (
+            "items",
+            Box::new(|r| r.items = vec![item("gift", 2, 0), item("card", 1, 0)]),
+        ),
     ];
     for (field, mutate) in cases {
         let mut req = order_request("", "alice");
@@ -58,6 +65,54 @@ async fn invalid_requests_name_the_field() {
         .unwrap()
         .get(0);
     assert_eq!(orders, 0, "a rejected request stored nothing");
+}
+
+#[tokio::test]
+async fn a_free_item_is_accepted_but_a_free_order_is_not_over_rest_either() {
+    let app = spawn_app().await;
+    let token = token("test-admin", Role::Admin);
+    let body =
+        |items: serde_json::Value| Some(serde_json::json!({"customerId": "alice", "items": items}));
+
+    let answer = rest_call(
+        app.addr,
+        http::Method::POST,
+        "/v1/orders",
+        Some(&token),
+        body(serde_json::json!([{"sku": "gift", "quantity": 1, "unitPriceMinor": "0"}])),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{:?}", answer.body);
+    assert_eq!(
+        answer.body["code"],
+        tonic::Code::InvalidArgument as i32,
+        "{:?}",
+        answer.body
+    );
+    let violation = &answer.body["details"][0]["fieldViolations"][0];
+    assert_eq!(violation["field"], "items", "{:?}", answer.body);
+    assert!(
+        violation["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("greater than 0")),
+        "{:?}",
+        answer.body
+    );
+
+    // A free item beside a paid one is fine: the total is what is paid.
+    let answer = rest_call(
+        app.addr,
+        http::Method::POST,
+        "/v1/orders",
+        Some(&token),
+        body(serde_json::json!([
+            {"sku": "gift", "quantity": 1, "unitPriceMinor": "0"},
+            {"sku": "lamp", "quantity": 1, "unitPriceMinor": "4000"}
+        ])),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["order"]["totalMinor"], "4000");
 }
 
 #[tokio::test]

@@ -192,7 +192,7 @@ fn expected_payment_event(
             let reason = if m.reason.trim().is_empty() {
                 "payment failed".to_owned()
             } else {
-                m.reason
+                m.reason.replace('\0', "\u{fffd}")
             };
             PaymentEvent::Decided(PaymentResult {
                 order_id: m.order_id,
@@ -343,7 +343,11 @@ proptest! {
                 PaymentEvent::Decided(PaymentResult {
                     order_id,
                     outcome: PaymentOutcome::Failed {
-                        reason: if reason.trim().is_empty() { "payment failed".into() } else { reason },
+                        reason: if reason.trim().is_empty() {
+                            "payment failed".into()
+                        } else {
+                            reason.replace('\0', "\u{fffd}")
+                        },
                     },
                 }),
             ),

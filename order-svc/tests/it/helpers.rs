@@ -321,18 +321,7 @@ impl TestApp {
     /// Messages waiting in the dead-letter queue of the order queue.
     pub async fn dead_letters(&self) -> u32 {
         let dlq = ordermesh_platform::amqp::dead_letter_queue(&self.config.queue);
-        self.amqp
-            .queue_declare(
-                dlq.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .expect("inspect the dead-letter queue")
-            .message_count()
+        ordermesh_platform::testing::queue_depth(&self.amqp, &dlq).await
     }
 
     /// Stops the service and returns how `run` ended.

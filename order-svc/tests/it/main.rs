@@ -5,6 +5,7 @@
 mod auth;
 mod cancel;
 mod create;
+mod ends;
 mod fuzz;
 mod helpers;
 mod hostile;

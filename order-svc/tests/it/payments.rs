@@ -151,3 +151,38 @@ async fn poison_is_dead_lettered_and_later_messages_still_apply() {
     assert_eq!(recorded, 0);
     assert_eq!(app.dead_letters().await, 1);
 }
+
+#[tokio::test]
+async fn a_failure_whose_reason_text_cannot_be_stored_still_ends_the_order() {
+    let app = spawn_app().await;
+    app.create(order_request("ord-1", "alice")).await.unwrap();
+    // PostgreSQL text cannot hold NUL: stored without it, not retried.
+    app.publish_failed("msg-1", "ord-1", "embargo: tea\0pot")
+        .await;
+    let failed = app
+        .wait_for_order("ord-1", is(pb::OrderStatus::Failed))
+        .await;
+    assert_eq!(failed.failure_reason, "embargo: tea\u{fffd}pot");
+    assert_eq!(app.dead_letters().await, 0);
+}
+
+#[tokio::test]
+async fn a_result_the_database_refuses_is_dead_lettered_at_once_not_retried() {
+    let app = spawn_app().await;
+    // No order id holds a NUL (CreateOrder refuses it) and the database
+    // refuses one in a query: the same message can never apply.
+    app.publish_succeeded("msg-1", "ord\0-1").await;
+    let parked = eventually(PATIENCE, || async {
+        (app.dead_letters().await == 1).then_some(())
+    })
+    .await;
+    assert!(parked.is_some(), "the message was not dead-lettered");
+    // At once: no retry was scheduled for it.
+    let retries = format!(
+        "ordermesh_consumer_retries_total{{queue=\"{}\"}}",
+        app.config.queue
+    );
+    let metrics = ordermesh_platform::metrics::render();
+    assert!(!metrics.contains(&retries), "{metrics}");
+    app.sync_consumer().await;
+}

@@ -48,8 +48,13 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Request headers passed on to the service as gRPC metadata (`authorization`
 /// carries the bearer token, see [`crate::auth`]; besides
 /// `grpc-metadata-<name>`, passed on as `<name>`).
-pub const FORWARDED_HEADERS: &[&str] =
-    &["authorization", "traceparent", "tracestate", "x-request-id"];
+pub const FORWARDED_HEADERS: &[&str] = &[
+    "authorization",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "x-forwarded-for",
+];
 /// The deadline header, in gRPC's `grpc-timeout` format (`100m`, `5S`).
 pub const TIMEOUT_HEADER: &str = "grpc-timeout";
 const METADATA_PREFIX: &str = "grpc-metadata-";
@@ -402,7 +407,13 @@ fn request_metadata(headers: &HeaderMap) -> Result<(HeaderMap, Option<Instant>),
         if FORWARDED_HEADERS.contains(&name.as_str()) {
             metadata.append(name.clone(), value.clone());
         } else if let Some(key) = name.as_str().strip_prefix(METADATA_PREFIX) {
-            if key.is_empty() || key.starts_with("grpc-") || key == "content-type" || key == "te" {
+            // x-forwarded-for only ever comes from the proxy in front.
+            if key.is_empty()
+                || key.starts_with("grpc-")
+                || key == "content-type"
+                || key == "te"
+                || key == "x-forwarded-for"
+            {
                 continue;
             }
             if let Ok(key) = HeaderName::from_bytes(key.as_bytes()) {

@@ -1,15 +1,15 @@
 //! Retries and dead letters of the consumer loop against the local
 //! RabbitMQ: transient failures come back after growing delays through the
 //! retry queues, then succeed or are parked with their history; poison is
-//! parked at once; other messages keep flowing meanwhile.
+//! parked at once; other messages keep flowing meanwhile. Copies of a
+//! message with huge headers fit the frame; a handler that hangs past the
+//! settle timeout counts as a failed attempt and ends in the DLQ.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection};
 use ordermesh_platform::amqp::{
@@ -28,10 +28,13 @@ struct Call {
     id: String,
     routing_key: String,
     at: Instant,
+    /// Set when the broker delivered it again after a lost connection.
+    redelivered: bool,
 }
 
 /// Acts on the payload: `ok`; `transient:N` fails the first N attempts;
-/// `always` always fails transiently; `poison` is poison. Records each run.
+/// `always` always fails transiently; `huge` too, with a 100 KB error;
+/// `poison` is poison; `hang` never returns. Records each run.
 #[derive(Default)]
 struct Scripted {
     calls: Mutex<Vec<Call>>,
@@ -52,6 +55,7 @@ impl Handler for Scripted {
                 id: message.id.clone(),
                 routing_key: message.routing_key.clone(),
                 at: Instant::now(),
+                redelivered: message.redelivered,
             });
             calls.iter().filter(|c| c.id == message.id).count()
         };
@@ -63,6 +67,13 @@ impl Handler for Scripted {
         };
         if payload == "poison" {
             return Err(HandleError::Poison("undecodable payload".into()));
+        }
+        if payload == "hang" {
+            std::future::pending::<()>().await;
+        }
+        if payload == "huge" {
+            let error = format!("database is down: {}", "données ".repeat(10_000));
+            return Err(HandleError::Transient(anyhow::anyhow!(error)));
         }
         if attempt <= fail_first {
             return Err(HandleError::Transient(anyhow::anyhow!(
@@ -87,6 +98,10 @@ struct Rig {
 
 impl Rig {
     async fn start(policy: RetryPolicy, prefetch: u16) -> Self {
+        Self::start_with(policy, prefetch, amqp::DEFAULT_SETTLE_TIMEOUT).await
+    }
+
+    async fn start_with(policy: RetryPolicy, prefetch: u16, settle_timeout: Duration) -> Self {
         let broker = TestBroker::new();
         broker.track_retry_policy(&policy);
         let queue = broker.queue("work");
@@ -110,10 +125,11 @@ impl Rig {
         let handler = Arc::new(Scripted::default());
         let status = ConsumerStatus::new(&queue);
         let shutdown = CancellationToken::new();
-        tokio::spawn(amqp::run_consumer_with_status(
+        tokio::spawn(amqp::run_consumer_with_settle_timeout(
             config,
             handler.clone(),
             status.clone(),
+            settle_timeout,
             shutdown.clone(),
         ));
         let up = eventually(PATIENCE, || async { status.is_connected().then_some(()) }).await;
@@ -131,7 +147,11 @@ impl Rig {
 
     /// Publishes `payload` to the events exchange, confirmed.
     async fn publish(&self, id: Option<&str>, payload: &str) {
-        let mut headers = FieldTable::default();
+        self.publish_with(id, payload, FieldTable::default()).await;
+    }
+
+    /// [`Rig::publish`] with `headers` besides the `traceparent`.
+    async fn publish_with(&self, id: Option<&str>, payload: &str, mut headers: FieldTable) {
         headers.insert(
             "traceparent".into(),
             AMQPValue::LongString("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
@@ -163,18 +183,7 @@ impl Rig {
     }
 
     async fn len(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
+        ordermesh_platform::testing::queue_depth(&self.channel, queue).await
     }
 
     fn dlq(&self) -> String {
@@ -392,4 +401,114 @@ async fn later_messages_keep_flowing_while_one_waits_for_its_retry() {
     for id in &ids {
         assert_eq!(rig.handler.calls(id).len(), 1);
     }
+}
+
+/// Encoded size of a long-string header entry.
+fn entry_len(name: &str, value: &str) -> usize {
+    1 + name.len() + 1 + 4 + value.len()
+}
+
+#[tokio::test]
+async fn copies_of_a_message_with_huge_headers_and_a_huge_error_fit_the_frame() {
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: ms(50),
+        max_delay: ms(60),
+    };
+    let rig = Rig::start(policy, 4).await;
+    // Headers filling nearly all of a 16 KiB frame (the consumer's): any
+    // copy that kept them and added a 1 KiB error would not fit, and the
+    // broker would close the connection for it.
+    let tracestate: Vec<String> = (0..24)
+        .map(|i| format!("{:k<32}={:v<256}", format!("vendor{i:02}"), i))
+        .collect();
+    let tracestate = tracestate.join(",");
+    let mut sent = FieldTable::default();
+    sent.insert(
+        "tracestate".into(),
+        AMQPValue::LongString(tracestate.as_str().into()),
+    );
+    sent.insert("x-count".into(), AMQPValue::LongInt(7));
+    let used = 4
+        + entry_len("tracestate", &tracestate)
+        + entry_len("traceparent", &"0".repeat(55))
+        + 1
+        + "x-count".len()
+        + 5;
+    let blob = "b".repeat(amqp::FRAME_MAX as usize - 200 - used - entry_len("x-blob", ""));
+    sent.insert("x-blob".into(), AMQPValue::LongString(blob.as_str().into()));
+    rig.publish_with(Some("big-1"), "huge", sent).await;
+
+    let parked = rig.take_dead_letters(1).await;
+    let calls = rig.handler.calls("big-1");
+    assert_eq!(calls.len(), 3, "tried max_attempts times: {calls:?}");
+    assert!(
+        calls.iter().all(|c| !c.redelivered),
+        "no connection was lost on the way: {calls:?}"
+    );
+    let h = headers(&parked[0]);
+    assert_eq!(text(&h, redelivery::HEADER_ATTEMPTS), "3");
+    assert_eq!(text(&h, redelivery::HEADER_REASON), "max-attempts");
+    let error = text(&h, redelivery::HEADER_ERROR);
+    assert!(error.starts_with("database is down: données"), "{error}");
+    assert!(error.len() <= redelivery::MAX_ERROR_LEN, "{}", error.len());
+    assert!(h.contains_key("traceparent"), "the trace context stays");
+    let kept_state = text(&h, "tracestate");
+    assert!(
+        kept_state.len() <= 512 && tracestate.starts_with(&kept_state),
+        "{kept_state}"
+    );
+    assert!(
+        !h.contains_key("x-blob"),
+        "the oversize foreign header went"
+    );
+    assert_eq!(text(&h, "x-count"), "7");
+    assert_eq!(text(&h, redelivery::HEADER_DROPPED), "1");
+    assert_eq!(parked[0].data, b"huge");
+
+    // The consumer is still at work on the same connection.
+    rig.publish(Some("after-big"), "ok").await;
+    let after = rig.wait_calls("after-big", 1).await;
+    assert!(!after[0].redelivered);
+}
+
+#[tokio::test]
+async fn a_delivery_that_hangs_counts_as_an_attempt_and_ends_in_the_dlq() {
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: ms(50),
+        max_delay: ms(60),
+    };
+    let rig = Rig::start_with(policy, 4, ms(300)).await;
+    rig.publish(Some("stuck"), "hang").await;
+    rig.publish(Some("beside"), "ok").await;
+    rig.wait_calls("beside", 1).await;
+
+    let parked = rig.take_dead_letters(1).await;
+    let m = &parked[0];
+    assert_eq!(
+        m.properties.message_id().as_ref().unwrap().as_str(),
+        "stuck"
+    );
+    let h = headers(m);
+    assert_eq!(text(&h, redelivery::HEADER_ATTEMPTS), "3");
+    assert_eq!(text(&h, redelivery::HEADER_REASON), "max-attempts");
+    assert!(
+        text(&h, redelivery::HEADER_ERROR).contains("did not settle"),
+        "{h:?}"
+    );
+    assert_eq!(text(&h, redelivery::HEADER_ROUTING_KEY), ROUTING_KEY);
+    let calls = rig.handler.calls("stuck");
+    assert_eq!(calls.len(), 3, "one run per attempt: {calls:?}");
+    assert!(
+        calls.iter().all(|c| !c.redelivered),
+        "each attempt came from a retry queue, not a reconnect: {calls:?}"
+    );
+    assert!(rig.retry_lengths().await.iter().all(|(_, n)| *n == 0));
+    assert_eq!(rig.len(&rig.queue).await, 0);
+
+    // The consumer goes on.
+    rig.publish(Some("later"), "ok").await;
+    rig.wait_calls("later", 1).await;
+    assert_eq!(rig.handler.calls("beside").len(), 1);
 }

@@ -746,3 +746,433 @@ async fn the_service_refuses_to_start_without_usable_keys() {
     assert_eq!(err.name, "AUTH_JWT_SECRET");
     assert!(!err.to_string().contains("too short"), "{err}");
 }
+
+/// One HTTP/1.1 call like [`rest`], with `extra` request headers (e.g.
+/// `x-forwarded-for`).
+async fn rest_with(
+    app: &TestApp,
+    method: http::Method,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: Option<Value>,
+) -> Answer {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", app.addr))
+        .header("content-type", "application/json");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let response = client
+        .request(request.body(Full::new(bytes::Bytes::from(body))).unwrap())
+        .await
+        .expect("REST call");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `POST /v1/auth:login` as sent through a proxy that saw `forwarded_for`.
+async fn login_via(
+    app: &TestApp,
+    forwarded_for: &str,
+    customer_id: &str,
+    password: &str,
+) -> Answer {
+    rest_with(
+        app,
+        http::Method::POST,
+        "/v1/auth:login",
+        &[("x-forwarded-for", forwarded_for)],
+        Some(json!({"customerId": customer_id, "password": password})),
+    )
+    .await
+}
+
+async fn register(
+    app: &TestApp,
+    customer_id: &str,
+    password: &str,
+) -> Result<String, tonic::Status> {
+    auth_client(app)
+        .register(auth_pb::RegisterRequest {
+            customer_id: customer_id.into(),
+            password: password.into(),
+        })
+        .await
+        .map(|r| r.into_inner().access_token)
+}
+
+/// `message` as sent through a proxy that saw `forwarded_for`.
+fn via<T>(forwarded_for: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    request
+}
+
+fn login_request(customer_id: &str, password: &str) -> auth_pb::LoginRequest {
+    auth_pb::LoginRequest {
+        customer_id: customer_id.into(),
+        password: password.into(),
+    }
+}
+
+#[tokio::test]
+async fn register_refuses_an_id_an_admin_opened_an_account_for() {
+    let app = spawn_app().await;
+    // An admin opens and funds carol's account; carol has no password.
+    app.fund("carol", "USD", 900).await;
+    assert_eq!(app.ledger("carol").await.len(), 1);
+
+    // Whoever tries to register as carol is refused, before any hashing
+    // and over REST alike; no password of theirs was kept.
+    let status = register(&app, "carol", "the attacker's password")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    let answer = rest(
+        &app,
+        http::Method::POST,
+        "/v1/auth:register",
+        None,
+        Some(json!({"customerId": "carol", "password": "the attacker's password"})),
+    )
+    .await;
+    assert_status_json(&answer, 409, Code::AlreadyExists);
+    let status = auth_client(&app)
+        .login(login_request("carol", "the attacker's password"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // The insert itself refuses too (a CreateAccount that came after the
+    // first check): the store, without that check.
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    let err = app
+        .store()
+        .register("carol", hash, Role::Customer)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, processor_svc::Error::AlreadyRegistered(_)),
+        "{err:?}"
+    );
+
+    // The only token the attacker can get is for another id: carol's
+    // balance and ledger are out of its reach, as if missing.
+    let mallory = register(&app, "mallory", "mallory's password")
+        .await
+        .unwrap();
+    let mut as_mallory = client_with_token(app.channel.clone(), &mallory);
+    let status = as_mallory
+        .get_account(get_account("carol"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let status = as_mallory
+        .list_transactions(ListTransactionsRequest {
+            customer_id: "carol".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    for path in ["/v1/accounts/carol", "/v1/accounts/carol/transactions"] {
+        let answer = rest(&app, http::Method::GET, path, Some(&mallory), None).await;
+        assert_status_json(&answer, 404, Code::NotFound);
+    }
+    assert_eq!(app.balance("carol").await, 900);
+    assert_eq!(app.ledger("carol").await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_registers_of_one_id_leave_one_winner() {
+    let app = spawn_app().await;
+    let attempts = (0..6).map(|i| {
+        let app = &app;
+        async move { register(app, "zoe", &format!("zoe's password {i}")).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    for result in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(result.code(), Code::AlreadyExists, "{result:?}");
+    }
+}
+
+/// A test service behind a proxy at 127.0.0.1 (the test's own address):
+/// per-caller buckets of 1/s with a burst of 3, and `throttle`.
+async fn spawn_behind_proxy(throttle: processor_svc::auth::Throttle) -> TestApp {
+    spawn_app_with(move |c| {
+        c.auth.trusted_proxies =
+            ordermesh_platform::auth::TrustedProxies::new(vec!["127.0.0.1".parse().unwrap()]);
+        c.auth.rate_limit = RateLimitConfig {
+            per_second: 1,
+            burst: 3,
+            limit_admins: false,
+        };
+        c.login.throttle = throttle;
+    })
+    .await
+}
+
+/// The RESOURCE_EXHAUSTED answer of a locked customer id, over REST: its
+/// message without the seconds, and the `Retry-After` seconds.
+fn locked_answer(answer: &Answer, lockout: Duration) -> (String, u64) {
+    assert_status_json(answer, 429, Code::ResourceExhausted);
+    assert_eq!(
+        answer.body["details"][0]["@type"], "type.googleapis.com/google.rpc.RetryInfo",
+        "{:?}",
+        answer.body
+    );
+    let message = answer.body["message"].as_str().unwrap();
+    assert!(message.starts_with("too many failed logins"), "{message}");
+    let seconds: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=lockout.as_secs()).contains(&seconds),
+        "{seconds} s for a lock of {lockout:?}"
+    );
+    (message.split(';').next().unwrap().to_owned(), seconds)
+}
+
+#[tokio::test]
+async fn password_guessing_is_throttled_per_customer_across_addresses() {
+    let lockout = Duration::from_secs(3);
+    let throttle = processor_svc::auth::Throttle {
+        max_failures: 5,
+        lockout,
+        max_lockout: lockout,
+        window: Duration::from_secs(60),
+    };
+    let app = spawn_behind_proxy(throttle).await;
+    let password = "victor's real password";
+    register(&app, "victor", password).await.unwrap();
+    register(&app, "dora", "dora's password").await.unwrap();
+    // A fresh address per call, as a botnet behind the ingress would have.
+    let mut addresses = (1..).map(|i: u32| format!("198.51.{}.{}", i / 250, i % 250 + 1));
+
+    // 20 guesses from 20 addresses: the first 5 are checked, then the id is
+    // locked; a lock ends after 3 s, so a slow run may check one more per
+    // 3 s it took, never more.
+    let started = std::time::Instant::now();
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let xff = addresses.next().unwrap();
+        answers.push(login_via(&app, &xff, "victor", &format!("guess {i}")).await);
+    }
+    let took = started.elapsed();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(&statuses[..5], [401; 5], "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    let checked = statuses.iter().filter(|s| **s == 401).count() as u64;
+    assert!(
+        checked <= 5 + took.as_secs() / lockout.as_secs() + 1,
+        "{checked} guesses checked in {took:?}: {statuses:?}"
+    );
+    let limited: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(!limited.is_empty(), "{statuses:?}");
+    let (locked_message, _) = locked_answer(limited[0], lockout);
+    for answer in &limited {
+        // The customer's lock, not a per-address bucket.
+        assert_eq!(locked_answer(answer, lockout).0, locked_message);
+    }
+    // While locked, the right password is refused the same way.
+    let answer = login_via(&app, &addresses.next().unwrap(), "victor", password).await;
+    if answer.status == 429 {
+        locked_answer(&answer, lockout);
+    }
+
+    // Another customer logs in meanwhile, over REST and gRPC.
+    let answer = login_via(&app, &addresses.next().unwrap(), "dora", "dora's password").await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    auth_client(&app)
+        .login(via(
+            &addresses.next().unwrap(),
+            login_request("dora", "dora's password"),
+        ))
+        .await
+        .unwrap();
+
+    // An id nobody registered locks the same way, word for word.
+    let mut unknown = Vec::new();
+    for i in 0..12 {
+        let xff = addresses.next().unwrap();
+        let answer = login_via(&app, &xff, "nobody", &format!("guess {i}")).await;
+        let locked = answer.status == 429;
+        unknown.push(answer);
+        if locked {
+            break;
+        }
+    }
+    let statuses: Vec<u16> = unknown.iter().map(|a| a.status).collect();
+    assert_eq!(&statuses[..5], [401; 5], "{statuses:?}");
+    let locked = unknown.last().unwrap();
+    assert_eq!(
+        locked.status, 429,
+        "an unknown id was not locked: {statuses:?}"
+    );
+    assert_eq!(locked_answer(locked, lockout).0, locked_message);
+    // Over gRPC: RESOURCE_EXHAUSTED with RetryInfo and retry-after.
+    let status = auth_client(&app)
+        .login(via(
+            &addresses.next().unwrap(),
+            login_request("nobody", "one more"),
+        ))
+        .await
+        .unwrap_err();
+    if status.code() == Code::ResourceExhausted {
+        assert!(status.get_details_retry_info().is_some(), "{status:?}");
+        assert!(status.metadata().contains_key("retry-after"), "{status:?}");
+        assert!(status.message().starts_with(&locked_message), "{status:?}");
+    } else {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+
+    // Once the lock is over the right password works again. Attempts
+    // while locked count for nothing, so polling cannot extend the lock.
+    let token = ordermesh_platform::testing::eventually(Duration::from_secs(30), || {
+        let xff = addresses.next().unwrap();
+        let app = &app;
+        async move {
+            let answer = login_via(app, &xff, "victor", password).await;
+            match answer.status {
+                200 => Some(answer.body["accessToken"].as_str().unwrap().to_owned()),
+                429 => None,
+                other => panic!("{other}: {:?}", answer.body),
+            }
+        }
+    })
+    .await
+    .expect("the right password works once the lock is over");
+    client_with_token(app.channel.clone(), &token)
+        .create_account(CreateAccountRequest {
+            customer_id: "victor".into(),
+            currency_code: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // A success forgets the failures: twice 4 wrong and then the right one
+    // would be 8 failures in a row otherwise.
+    for _ in 0..2 {
+        for i in 0..4 {
+            let answer = login_via(
+                &app,
+                &addresses.next().unwrap(),
+                "victor",
+                &format!("typo {i}"),
+            )
+            .await;
+            assert_eq!(answer.status, 401, "{:?}", answer.body);
+        }
+        let answer = login_via(&app, &addresses.next().unwrap(), "victor", password).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+    }
+}
+
+#[tokio::test]
+async fn forwarded_for_names_the_caller_only_from_a_trusted_proxy() {
+    // Every call is an unknown id of its own: only the per-caller buckets
+    // (1/s, burst 3) can refuse them.
+    let ids = std::sync::atomic::AtomicU32::new(0);
+    let next_id = || {
+        format!(
+            "someone-{}",
+            ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    };
+    let rate_limited = |answer: &Answer| {
+        if answer.status == 429 {
+            let message = answer.body["message"].as_str().unwrap();
+            assert!(message.starts_with("rate limit exceeded"), "{message}");
+            true
+        } else {
+            assert_eq!(answer.status, 401, "{:?}", answer.body);
+            false
+        }
+    };
+
+    // Trusted: each forwarded address has a bucket of its own...
+    let app = spawn_behind_proxy(Default::default()).await;
+    for i in 0..8 {
+        let answer = login_via(&app, &format!("203.0.113.{i}"), &next_id(), "a password").await;
+        assert!(!rate_limited(&answer), "call {i}");
+    }
+    // ... which what the caller writes left of the proxy's entry does not
+    // change, and which runs out.
+    let mut limited = false;
+    for i in 0..6 {
+        let spoofed = format!("192.0.2.{i}, 203.0.113.200");
+        limited |= rate_limited(&login_via(&app, &spoofed, &next_id(), "a password").await);
+    }
+    assert!(limited, "one address, six calls, a burst of 3");
+    // Nor can a REST caller pass its own as gRPC metadata.
+    let mut limited = false;
+    for i in 0..6 {
+        let answer = rest_with(
+            &app,
+            http::Method::POST,
+            "/v1/auth:login",
+            &[
+                ("x-forwarded-for", "203.0.113.201"),
+                ("grpc-metadata-x-forwarded-for", &format!("192.0.2.{i}")),
+            ],
+            Some(json!({"customerId": next_id(), "password": "a password"})),
+        )
+        .await;
+        limited |= rate_limited(&answer);
+    }
+    assert!(limited, "grpc-metadata-x-forwarded-for is not believed");
+    // gRPC carries the header as metadata, the same way.
+    let mut auth = auth_client(&app);
+    for i in 0..6 {
+        let request = via(
+            &format!("203.0.114.{i}"),
+            login_request(&next_id(), "a password"),
+        );
+        let status = auth.login(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "call {i}: {status:?}");
+    }
+    drop(app);
+
+    // Untrusted (the proxy list names another network): the header is
+    // ignored and all calls share the peer's bucket.
+    let app = spawn_app_with(|c| {
+        c.auth.trusted_proxies =
+            ordermesh_platform::auth::TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        c.auth.rate_limit = RateLimitConfig {
+            per_second: 1,
+            burst: 3,
+            limit_admins: false,
+        };
+    })
+    .await;
+    let mut limited = false;
+    for i in 0..6 {
+        let answer = login_via(&app, &format!("203.0.113.{i}"), &next_id(), "a password").await;
+        limited |= rate_limited(&answer);
+    }
+    assert!(limited, "six calls from one peer, a burst of 3");
+}

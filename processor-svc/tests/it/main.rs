@@ -10,4 +10,5 @@ mod helpers;
 mod hostile;
 mod lifecycle;
 mod payments;
+mod poison;
 mod transactions;

@@ -286,16 +286,35 @@ async fn an_event_under_another_routing_key_is_dead_lettered() {
 }
 
 #[tokio::test]
-async fn an_event_the_database_refuses_is_dead_lettered_not_retried_forever() {
+async fn an_event_the_database_refuses_fails_the_order_not_retried_forever() {
     let app = spawn_app().await;
     // PostgreSQL text cannot hold NUL; retrying would fail the same way.
+    // The order is failed instead, without a payments row (whose customer
+    // id the database refuses as well).
     let id = message_id();
     app.publish_order(
         &id,
         &order("order-1", "al\0ice", "USD", &[("widget", 1, 100)]),
     )
     .await;
-    assert_eq!(app.wait_for_dead_letter().await, id);
+    app.wait_for_inbox(&id).await;
+    let outbox = app.outbox("order-1").await;
+    assert_eq!(outbox.len(), 1, "{outbox:?}");
+    assert_eq!(outbox[0].routing_key, "payment.failed");
+    let failed = PaymentFailed::decode(outbox[0].payload.as_slice()).unwrap();
+    assert_eq!(failed.reason, "rejected: invalid text");
     assert_eq!(app.payment("order-1").await, None);
-    assert!(app.inbox().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_order_totalling_zero_fails_without_a_debit() {
+    let app = spawn_app().await;
+    app.fund("alice", "USD", 10_000).await;
+
+    let event = order("order-1", "alice", "USD", &[("gift", 2, 0)]);
+    assert_eq!(event.total_minor, 0);
+    let reason = failure_reason(&app, &event).await;
+    assert_eq!(reason, "total not positive");
+    assert_eq!(app.balance("alice").await, 10_000);
+    assert_eq!(app.ledger("alice").await.len(), 1, "only the deposit");
 }

@@ -1,13 +1,11 @@
 //! A test database with the platform outbox, a test exchange with a queue
 //! bound to everything, and relays running against them (in-process or as
-//! the real binary); a writer that keeps writing; a TCP proxy to the broker
-//! that a test can cut.
+//! the real binary); a writer that keeps writing.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -136,6 +134,24 @@ impl Harness {
     /// payload = the big-endian sequence number `first + i`.
     pub async fn write(&self, first: u64, count: u64, aggregates: u64) -> Vec<OutboxEvent> {
         write(&self.pool, first, count, aggregates).await
+    }
+
+    /// Binds the harness queue to `routing_key` as well.
+    pub async fn bind(&self, routing_key: &str) {
+        let conn = lapin::Connection::connect(self.broker.config.url.expose(), Default::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.broker.config.exchange.as_str().into(),
+                routing_key.into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
     }
 
     pub async fn outbox_len(&self) -> i64 {
@@ -340,89 +356,6 @@ impl Writer {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.unwrap();
         self.next.load(Ordering::SeqCst)
-    }
-}
-
-/// A TCP proxy in front of the broker: `cut` closes every connection and
-/// refuses new ones until `restore`.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = Arc::new(AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let accept = {
-            let (open, conns) = (open.clone(), conns.clone());
-            tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !open.load(Ordering::SeqCst) {
-                        continue; // dropped: the client sees the connection close
-                    }
-                    let upstream = upstream.clone();
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    conns.lock().unwrap().push(task.abort_handle());
-                }
-            })
-        };
-        Self {
-            addr,
-            open,
-            conns,
-            accept,
-        }
-    }
-
-    pub fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for conn in self.conns.lock().unwrap().drain(..) {
-            conn.abort();
-        }
-    }
-
-    pub fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
-}
-
-/// `url` (amqp://user:pass@host:port/vhost) pointing at `addr` instead.
-pub fn via(url: &str, addr: SocketAddr) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let creds = authority
-        .rsplit_once('@')
-        .map(|(c, _)| format!("{c}@"))
-        .unwrap_or_default();
-    format!("{scheme}://{creds}{addr}/{path}")
-}
-
-/// `host:port` of an AMQP URL.
-pub fn authority(url: &str) -> String {
-    let rest = url.split_once("://").unwrap().1;
-    let authority = rest.split('/').next().unwrap();
-    let host_port = authority.rsplit('@').next().unwrap();
-    if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:5672")
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod dlq;
 mod helpers;
+mod parked;
+mod parking;
 mod relay;
 mod replicas;
 mod tls;

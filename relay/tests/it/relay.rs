@@ -117,20 +117,7 @@ async fn rows_nobody_can_receive_yet_stay_in_the_outbox() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(h.outbox_len().await, 3);
 
-    let conn = lapin::Connection::connect(h.broker.config.url.expose(), Default::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_bind(
-            h.queue.as_str().into(),
-            h.broker.config.exchange.as_str().into(),
-            "#".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    h.bind("#").await;
     let got = h.receive(3, Duration::from_secs(10)).await;
     assert_eq!(got.iter().map(seq).collect::<Vec<_>>(), [0, 1, 2]);
     stop.cancel();

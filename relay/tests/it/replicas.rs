@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use ordermesh_platform::testing::eventually;
+use ordermesh_platform::testing::{BrokerProxy, amqp_authority, eventually};
 
-use crate::helpers::{Harness, Proxy, Writer, authority, seq, via};
+use crate::helpers::{Harness, Writer, seq};
 
 const AGGREGATES: u64 = 400;
 
@@ -125,9 +125,9 @@ async fn three_relays_share_the_partitions_and_take_over_a_killed_one() {
 async fn a_relay_cut_off_from_broker_and_database_reconnects_and_drains_everything() {
     let mut h = Harness::new().await;
     let broker_url = h.broker.config.url.expose().to_owned();
-    let proxy = Proxy::start(authority(&broker_url)).await;
+    let proxy = BrokerProxy::start(amqp_authority(&broker_url)).await;
     let mut env = h.env(500);
-    env.insert("AMQP_URL", via(&broker_url, proxy.addr));
+    env.insert("AMQP_URL", proxy.url(&broker_url));
     env.insert("RELAY_REBALANCE_MS", "200".to_owned());
     let stop = h.spawn_relay_with(env).await;
 
