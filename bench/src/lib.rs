@@ -12,6 +12,7 @@
 //! ([`profile`]), and writes `report.json`, a table and `latency.svg`
 //! ([`report`]).
 
+pub mod cost;
 pub mod limits;
 pub mod load;
 pub mod mesh;
@@ -136,6 +137,10 @@ pub async fn run(args: Args) -> anyhow::Result<report::Run> {
     Ok(run)
 }
 
+/// The registry's step id of the cost measurement's orders, apart from the
+/// load steps' (1, 2, ...).
+const COST_STEP: u32 = 10_000;
+
 fn say(text: &str) {
     eprintln!("bench: {text}");
 }
@@ -215,6 +220,27 @@ async fn measure(
     say(&format!(
         "watch: {} of {} PAID on their stream, e2e p50 {:.2} ms p99 {:.2} ms; first message p50 {:.2} ms",
         watch.paid, watch.orders, watch.e2e_ms.p50, watch.e2e_ms.p99, watch.first_message_ms.p50
+    ));
+    mesh.check_alive()?;
+
+    say("cost: 20 orders one at a time, statements and commits per order");
+    let cost = cost::trickle(
+        &ordermesh_platform::testing::server_url(),
+        &clients,
+        registry,
+        COST_STEP,
+        &[
+            ("orders", mesh.orders_db.name.as_str()),
+            ("processor", mesh.processor_db.name.as_str()),
+        ],
+        20,
+    )
+    .await?;
+    say(&format!(
+        "cost: {} statements, {:.1} commits per order",
+        cost.statements
+            .map_or_else(|| "?".to_owned(), |s| format!("{s:.1}")),
+        cost.commits
     ));
     mesh.check_alive()?;
 
@@ -308,6 +334,7 @@ async fn measure(
             limits,
             rss_mib,
             profile: profile_json,
+            cost,
             seconds: 0.0,
         },
         pg_version,

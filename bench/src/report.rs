@@ -23,7 +23,21 @@ pub struct Run {
     pub limits: crate::limits::Limits,
     pub rss_mib: Vec<(String, f64, f64)>,
     pub profile: Option<Value>,
+    /// Statements and commits per order at a trickle.
+    pub cost: crate::cost::Cost,
     pub seconds: f64,
+}
+
+/// CPU milliseconds per order of everything but the load generator (the
+/// bench's own process): `cpu_s_per_1k_orders` summed.
+fn mesh_cpu_ms_per_order(s: &StepReport) -> f64 {
+    crate::stats::r3(
+        s.cpu_s_per_1k_orders
+            .iter()
+            .filter(|(name, _)| !name.starts_with("ordermesh-bench"))
+            .map(|(_, v)| v)
+            .sum(),
+    )
 }
 
 fn rate_json(s: &StepReport) -> Value {
@@ -41,6 +55,7 @@ fn rate_json(s: &StepReport) -> Value {
         "drain_s": s.drain_s,
         "create_rpc_ms": s.create_rpc_ms,
         "cpu_busy": s.cpu_busy,
+        "cpu_ms_per_order_mesh": mesh_cpu_ms_per_order(s),
         "cpu_s_per_1k_orders": s.cpu_s_per_1k_orders.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<String, Value>>(),
     })
 }
@@ -73,7 +88,10 @@ impl Run {
                 },
                 "drain_rows_per_s": self.drain_rows_per_s,
             },
+            "per_order": self.cost,
+            "targets": self.targets(),
             "limits": {
+                "floor_ms": crate::stats::r3(self.floor_ms()),
                 "pg_order_tx_per_s": limits.pg_order_tx_per_s,
                 "pg_order_tx_per_s_notify_each": limits.pg_order_tx_per_s_notify_each,
                 "pg_commit_ms": limits.pg_commit_ms,
@@ -88,6 +106,55 @@ impl Run {
             "rss_mib": self.rss_mib.iter().map(|(n, _, hwm)| (n.clone(), json!(crate::stats::r3(*hwm)))).collect::<serde_json::Map<String, Value>>(),
             "rss_mib_at_end": self.rss_mib.iter().map(|(n, rss, _)| (n.clone(), json!(crate::stats::r3(*rss)))).collect::<serde_json::Map<String, Value>>(),
             "profile": self.profile,
+        })
+    }
+
+    /// The physical floor of one order's latency: three durable commits
+    /// (create, settle, apply) and two confirmed publishes.
+    pub fn floor_ms(&self) -> f64 {
+        3.0 * self.limits.pg_commit_ms.p50 + 2.0 * self.limits.amqp_confirm_ms.p50
+    }
+
+    /// The performance targets, each a figure of this run against a limit
+    /// measured in the same run (issue 14).
+    pub fn targets(&self) -> Value {
+        let l = &self.limits;
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                crate::stats::r3(a / b)
+            } else {
+                0.0
+            }
+        };
+        let floor = self.floor_ms();
+        let at_200 = self.fixed.iter().find(|s| s.offered_per_s == 200.0);
+        let at_max = self
+            .fixed
+            .iter()
+            .chain(&self.search)
+            .filter(|s| s.sustained)
+            .max_by(|a, b| a.offered_per_s.total_cmp(&b.offered_per_s));
+        json!({
+            "max_sustained_vs_pg_order_tx": {
+                "value": ratio(self.max_sustained, l.pg_order_tx_per_s), "target": ">= 0.2"},
+            "e2e_p50_vs_floor_at_200": {
+                "value": at_200.map(|s| ratio(s.e2e_ms.p50, floor)), "target": "<= 1.3"},
+            "e2e_p99_vs_floor_at_200": {
+                "value": at_200.map(|s| ratio(s.e2e_ms.p99, floor)), "target": "<= 2.5"},
+            "create_rpc_p50_vs_pg_commit_at_200": {
+                "value": at_200.map(|s| ratio(s.create_rpc_ms.p50, l.pg_commit_ms.p50)),
+                "target": "<= 1.5"},
+            "cpu_ms_per_order_at_200": {
+                "value": at_200.map(mesh_cpu_ms_per_order), "target": "<= 3.0"},
+            "cpu_ms_per_order_at_max_sustained": {
+                "value": at_max.map(mesh_cpu_ms_per_order), "target": "<= 2.0"},
+            "relay_commit_to_publish_p50_ms": {
+                "value": self.commit_to_publish.p50, "target": "<= 1"},
+            "watch_p50_minus_e2e_p50_at_200_ms": {
+                "value": at_200.map(|s| crate::stats::r3(self.watch.e2e_ms.p50 - s.e2e_ms.p50)),
+                "target": "<= 1"},
+            "statements_per_order": {"value": self.cost.statements, "target": "<= 20"},
+            "commits_per_order": {"value": self.cost.commits, "target": "<= 7"},
         })
     }
 
@@ -165,6 +232,32 @@ impl Run {
             l.pg_commit_ms.p50,
             l.amqp_confirmed_publish_per_s,
             l.amqp_confirm_ms.p50
+        );
+        let c = &self.cost;
+        let _ = writeln!(
+            t,
+            "\nper order at a trickle ({} orders): {} statements, {:.1} commits",
+            c.orders,
+            c.statements.map_or_else(
+                || "? (server log not readable)".to_owned(),
+                |s| format!("{s:.1}")
+            ),
+            c.commits
+        );
+        for d in &c.per_database {
+            let _ = writeln!(
+                t,
+                "  {:<10} {:>6} statements {:>5.1} commits",
+                d.database,
+                d.statements
+                    .map_or_else(|| "?".to_owned(), |s| format!("{s:.1}")),
+                d.commits
+            );
+        }
+        let _ = writeln!(
+            t,
+            "targets (value vs limit in this run): {}",
+            serde_json::to_string_pretty(&self.targets()).unwrap_or_default()
         );
         let pct = |a: f64, b: f64| if b > 0.0 { 100.0 * a / b } else { 0.0 };
         let _ = writeln!(

@@ -87,10 +87,13 @@ impl Store {
             .map_err(|e| Error::Unavailable(anyhow::Error::new(e).context("get a connection")))
     }
 
-    /// Stores `order` (PENDING, version 1) and `event` in one transaction.
-    /// When the order id exists, returns the stored order if its content
-    /// fingerprint matches and `AlreadyExists` otherwise; a concurrent
-    /// duplicate waits on the first insert and then takes that branch.
+    /// Stores `order` (PENDING, version 1) and `event` atomically, in one
+    /// statement and one round trip: the outbox insert is a data-modifying
+    /// CTE of the order insert, and a single statement is its own
+    /// transaction. When the order id exists, returns the stored order if
+    /// its content fingerprint matches and `AlreadyExists` otherwise; a
+    /// concurrent duplicate waits on the first insert and then takes that
+    /// branch.
     #[tracing::instrument(skip_all, fields(order_id = %order.order_id))]
     pub async fn create_order(
         &self,
@@ -98,22 +101,31 @@ impl Store {
         event: &outbox::OutboxEvent,
     ) -> Result<Created, Error> {
         let fingerprint = order.fingerprint();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.context("begin")?;
-        // The hot path's statements are prepared once per connection.
-        let insert = tx
+        let client = self.client().await?;
+        // The outbox columns are platform::outbox::enqueue's; the statement
+        // is prepared once per connection.
+        let insert = client
             .prepare_cached(
-                r#"INSERT INTO orders (order_id, customer_id, currency_code, items, total_minor,
-                                       status, version, request_fingerprint, created_event_id)
-                   VALUES ($1, $2, $3, $4, $5, 'PENDING', 1, $6, $7)
-                   ON CONFLICT (order_id) DO NOTHING
-                   RETURNING order_id, seq, customer_id, currency_code, items, total_minor,
-                             status, failure_reason, version, create_time, update_time,
-                             cancel_reason, refunded_minor"#,
+                r#"WITH created AS (
+                       INSERT INTO orders (order_id, customer_id, currency_code, items,
+                                           total_minor, status, version, request_fingerprint,
+                                           created_event_id)
+                       VALUES ($1, $2, $3, $4, $5, 'PENDING', 1, $6, $7)
+                       ON CONFLICT (order_id) DO NOTHING
+                       RETURNING order_id, seq, customer_id, currency_code, items, total_minor,
+                                 status, failure_reason, version, create_time, update_time,
+                                 cancel_reason, refunded_minor
+                   ), event AS (
+                       INSERT INTO outbox (event_id, aggregate_id, routing_key, event_type,
+                                           payload, headers)
+                       SELECT $7, $8, $9, $10, $11, $12 FROM created
+                   )
+                   SELECT * FROM created"#,
             )
             .await
             .context("prepare the order insert")?;
-        let inserted = tx
+        let headers = event.headers_json();
+        let inserted = client
             .query_opt(
                 &insert,
                 &[
@@ -124,19 +136,20 @@ impl Store {
                     &order.total_minor,
                     &fingerprint,
                     &event.event_id,
+                    &event.aggregate_id,
+                    &event.routing_key,
+                    &event.event_type,
+                    &event.payload,
+                    &headers,
                 ],
             )
             .await
-            .context("insert the order")?;
+            .context("insert the order and its order.created event")?;
         if let Some(row) = inserted {
-            outbox::enqueue(&tx, event)
-                .await
-                .context("enqueue the order.created event")?;
-            tx.commit().await.context("commit the new order")?;
             return Ok(Created::Inserted(order_from_row(&row)?));
         }
 
-        let row = tx
+        let row = client
             .query_one(
                 r#"SELECT order_id, seq, customer_id, currency_code, items, total_minor,
                           status, failure_reason, version, create_time, update_time,
@@ -147,7 +160,6 @@ impl Store {
             )
             .await
             .context("read the existing order")?;
-        tx.commit().await.context("end the transaction")?;
         let stored: Vec<u8> = row
             .try_get("request_fingerprint")
             .context("read request_fingerprint")?;
@@ -340,64 +352,81 @@ impl Store {
     }
 
     /// Applies a payment result delivered as `message_id`, once: the inbox
-    /// row and the state change commit together. Only a PENDING order moves,
-    /// so a late or repeated result never undoes a decision.
+    /// row and the state change commit together, in one statement (its own
+    /// transaction) and one round trip. Only a PENDING order moves, so a
+    /// late or repeated result never undoes a decision.
     #[tracing::instrument(skip(self, result), fields(order_id = %result.order_id))]
     pub async fn apply_payment_result(
         &self,
         message_id: &str,
         result: &PaymentResult,
     ) -> Result<Applied, Error> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.context("begin")?;
-        if !inbox::record(&tx, INBOX_CONSUMER, message_id)
-            .await
-            .context("record the message in the inbox")?
-        {
-            tx.commit().await.context("end the transaction")?;
-            return Ok(Applied::Duplicate);
-        }
-        let update = tx
+        let client = self.client().await?;
+        // The inbox insert is platform::inbox::record's. The last column
+        // reads the statement's snapshot: the status before the update.
+        let apply = client
             .prepare_cached(
-                r#"UPDATE orders
-                   SET status = $2, failure_reason = $3, version = version + 1,
-                       update_time = now()
-                   WHERE order_id = $1 AND status = 'PENDING'
-                   RETURNING version"#,
+                r#"WITH fresh AS (
+                       INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)
+                       ON CONFLICT DO NOTHING
+                       RETURNING 1
+                   ), moved AS (
+                       UPDATE orders
+                       SET status = $4, failure_reason = $5, version = version + 1,
+                           update_time = now()
+                       WHERE order_id = $3 AND status = 'PENDING'
+                         AND EXISTS (SELECT 1 FROM fresh)
+                       RETURNING version
+                   )
+                   SELECT EXISTS (SELECT 1 FROM fresh) AS fresh,
+                          (SELECT version FROM moved) AS version,
+                          (SELECT status FROM orders WHERE order_id = $3) AS status"#,
             )
             .await
-            .context("prepare the status update")?;
-        let updated = tx
-            .query_opt(
-                &update,
+            .context("prepare the payment result")?;
+        let row = client
+            .query_one(
+                &apply,
                 &[
+                    &INBOX_CONSUMER,
+                    &message_id,
                     &result.order_id,
                     &result.outcome.status().as_str(),
                     &result.outcome.failure_reason(),
                 ],
             )
             .await
-            .context("update the order status")?;
-        let applied = match updated {
-            Some(row) => Applied::Moved {
-                version: row.try_get("version").context("read version")?,
-            },
-            None => {
-                let status = tx
+            .context("apply the payment result")?;
+        if !row.try_get::<_, bool>("fresh").context("read fresh")? {
+            ordermesh_platform::amqp::note_duplicate();
+            return Ok(Applied::Duplicate);
+        }
+        if let Some(version) = row
+            .try_get::<_, Option<i64>>("version")
+            .context("read version")?
+        {
+            return Ok(Applied::Moved { version });
+        }
+        let status: Option<String> = row.try_get("status").context("read status")?;
+        match status.as_deref() {
+            None => Ok(Applied::UnknownOrder),
+            // PENDING in the snapshot, yet not moved: a concurrent change
+            // (a cancel) won the row lock. Read what it left.
+            Some("PENDING") => {
+                let row = client
                     .query_opt(
                         r#"SELECT status FROM orders WHERE order_id = $1"#,
                         &[&result.order_id],
                     )
                     .await
                     .context("read the order status")?;
-                match status {
-                    Some(row) => Applied::NotPending(parse_status(&row)?),
-                    None => Applied::UnknownOrder,
+                match row {
+                    Some(row) => Ok(Applied::NotPending(parse_status(&row)?)),
+                    None => Ok(Applied::UnknownOrder),
                 }
             }
-        };
-        tx.commit().await.context("commit the payment result")?;
-        Ok(applied)
+            Some(_) => Ok(Applied::NotPending(parse_status(&row)?)),
+        }
     }
 
     /// How long the oldest PENDING order has waited for its payment

@@ -6,9 +6,12 @@
 //!   while someone holds the shared advisory lock ([`LOCK_CLASS`], bucket)
 //!   of the order's bucket, `hashtext(order_id) & 1023`: a NOTIFY serialises
 //!   commits cluster-wide, so unwatched orders must not pay for it.
-//! - [`WatchHub`] owns the connection ([`APPLICATION_NAME`]): it LISTENs,
-//!   holds the lock of every bucket with a watched order (released with the
-//!   bucket's last watcher), and on each notification wakes the order's
+//! - [`WatchHub`] owns two connections ([`APPLICATION_NAME`],
+//!   [`LOCK_APPLICATION_NAME`]): on one it
+//!   LISTENs, on the other it holds the lock of every bucket with a watched
+//!   order (released with the bucket's last watcher; a lock that waits for
+//!   writers never holds back a notification), and on each notification
+//!   wakes the order's
 //!   watchers through a `tokio::sync::watch` channel. When the connection is
 //!   lost it reconnects with backoff, LISTENs, re-takes the locks and then
 //!   wakes every watcher, since changes may have gone unnotified meanwhile.
@@ -44,8 +47,10 @@ pub const CHANNEL: &str = "ordermesh_order_changes";
 pub const LOCK_CLASS: i32 = 1_869_414_410;
 /// Orders are spread over this many buckets (`hashtext(order_id) & 1023`).
 pub const BUCKETS: usize = 1024;
-/// How the hub's connection shows in `pg_stat_activity`.
+/// How the hub's LISTEN connection shows in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "ordermesh-order-watch";
+/// How the hub's bucket-lock connection shows in `pg_stat_activity`.
+pub const LOCK_APPLICATION_NAME: &str = "ordermesh-order-watch-locks";
 /// How long a new watcher waits for its bucket lock (e.g. while the hub
 /// reconnects) before the call fails with UNAVAILABLE.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,15 +183,24 @@ impl WatchHub {
     /// One connection's life. `Ok` means shutdown.
     async fn session(&self, retry: &mut Duration) -> anyhow::Result<()> {
         let shutdown = &self.shared.shutdown;
-        let (client, connection) = self.shared.database.connect().await.context("connect")?;
+        let (listener, connection) = self.shared.database.connect().await.context("connect")?;
         // The connection must be polled for queries to run; this also
         // yields the notifications.
         let mut driver = tokio::spawn(drive(connection, self.shared.clone()));
         let _stop_driver = AbortOnDrop(driver.abort_handle());
-        client
+        listener
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
             .context("LISTEN")?;
+        // The bucket locks live on a second connection: PostgreSQL delivers
+        // a notification only to a backend between statements, and taking
+        // a lock waits for the bucket's writers, which would hold back every
+        // notification meanwhile.
+        let mut locks = self.shared.database.clone();
+        locks.application_name(LOCK_APPLICATION_NAME);
+        let (client, connection) = locks.connect().await.context("connect the lock session")?;
+        let mut locker = tokio::spawn(connection);
+        let _stop_locker = AbortOnDrop(locker.abort_handle());
         let statements = Statements::prepare(&client).await?;
         *retry = FIRST_RETRY;
 
@@ -197,6 +211,7 @@ impl WatchHub {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
                 ended = &mut driver => return Err(connection_ended(ended)),
+                ended = &mut locker => return Err(connection_ended(ended)),
                 done = self.reconcile(&client, &statements) => done?,
             }
             if !listening {
@@ -211,9 +226,14 @@ impl WatchHub {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
                 ended = &mut driver => return Err(connection_ended(ended)),
+                ended = &mut locker => return Err(connection_ended(ended)),
                 () = self.shared.work.notified() => {}
                 _ = heartbeat.tick() => {
-                    tokio::time::timeout(HEARTBEAT_TIMEOUT, client.simple_query("SELECT 1"))
+                    let both = async {
+                        listener.simple_query("SELECT 1").await?;
+                        client.simple_query("SELECT 1").await
+                    };
+                    tokio::time::timeout(HEARTBEAT_TIMEOUT, both)
                         .await
                         .context("heartbeat: no answer")?
                         .context("heartbeat")?;

@@ -61,6 +61,15 @@ impl OutboxEvent {
     }
 }
 
+impl OutboxEvent {
+    /// The `headers` column's value (JSONB), for statements that insert
+    /// outbox rows themselves (a data-modifying CTE beside the state change,
+    /// saving [`enqueue`]'s round trip).
+    pub fn headers_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.headers).expect("string map serializes")
+    }
+}
+
 /// Inserts the event into the outbox of the transaction's database.
 #[tracing::instrument(
     skip_all,
@@ -81,7 +90,7 @@ pub async fn enqueue(
     tx: &deadpool_postgres::Transaction<'_>,
     event: &OutboxEvent,
 ) -> Result<(), tokio_postgres::Error> {
-    let headers = serde_json::to_value(&event.headers).expect("string map serializes");
+    let headers = event.headers_json();
     let insert = tx
         .prepare_cached(
             r#"INSERT INTO outbox (event_id, aggregate_id, routing_key, event_type, payload, headers)

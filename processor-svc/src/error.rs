@@ -31,6 +31,10 @@ pub enum Error {
     /// Hashing a password failed (not the caller's fault).
     #[error("password hashing: {0}")]
     PasswordHash(String),
+    /// A state the code's own checks rule out; the transaction is rolled
+    /// back and the message retried.
+    #[error("internal: {0}")]
+    Internal(String),
     #[error("database: {0}")]
     Database(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]

@@ -180,6 +180,10 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "database error");
                 Status::internal("internal error")
             }
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                Status::internal("internal error")
+            }
         }
     }
 }

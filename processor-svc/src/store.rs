@@ -226,6 +226,9 @@ impl Store {
     /// the decision in `payments` (an order decided or cancelled before
     /// changes nothing), debits on success (with a DEBIT ledger row) and
     /// enqueues the outcome built by `outcome_event`.
+    ///
+    /// Four round trips: BEGIN; the inbox insert and the account lock,
+    /// pipelined; the decision's writes as one statement; COMMIT.
     #[tracing::instrument(skip(self, order, embargo, outcome_event), fields(order_id = %order.order_id))]
     pub async fn settle_order(
         &self,
@@ -237,11 +240,6 @@ impl Store {
     ) -> Result<Settlement, Error> {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
-        if !ordermesh_platform::inbox::record(&tx, consumer, message_id).await? {
-            tx.commit().await?;
-            return Ok(Settlement::Duplicate);
-        }
-
         // The hot path's statements are prepared once per connection.
         let lock_account = tx
             .prepare_cached(
@@ -251,32 +249,67 @@ impl Store {
                    FOR UPDATE"#,
             )
             .await?;
-        let account = tx
-            .query_opt(&lock_account, &[&order.customer_id])
-            .await?
-            .map(|row| AccountSnapshot {
-                currency_code: row.get(0),
-                balance_minor: row.get(1),
-            });
+        // Sent together: a duplicate only took the account lock for nothing.
+        let customer: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&order.customer_id];
+        let (fresh, account) = tokio::try_join!(
+            ordermesh_platform::inbox::record(&tx, consumer, message_id),
+            tx.query_opt(&lock_account, &customer),
+        )?;
+        if !fresh {
+            tx.commit().await?;
+            return Ok(Settlement::Duplicate);
+        }
+        let account = account.map(|row| AccountSnapshot {
+            currency_code: row.get(0),
+            balance_minor: row.get(1),
+        });
         let decision = rules::decide(order, account.as_ref(), embargo);
 
-        let (status, reason, amount_minor) = match &decision {
-            Decision::Pay { amount_minor } => ("SUCCEEDED", None, *amount_minor),
-            Decision::Fail { reason } => ("FAILED", Some(reason.as_str()), order.total_minor),
+        let (status, reason, amount_minor, debit) = match &decision {
+            Decision::Pay { amount_minor } => ("SUCCEEDED", None, *amount_minor, true),
+            Decision::Fail { reason } => {
+                ("FAILED", Some(reason.as_str()), order.total_minor, false)
+            }
         };
-        // Waits for a concurrent transaction deciding the same order, then
-        // sees its row: whoever inserts first decides, the other does nothing.
-        let insert_payment = tx
+        let event = outcome_event(&decision);
+        let headers = event.headers_json();
+        // The payment row decides: it waits for a concurrent transaction
+        // deciding the same order and then does nothing. Only a new
+        // payment debits (the balance was checked under the account's lock),
+        // writes the ledger row and enqueues the outcome (the outbox columns
+        // are platform::outbox::enqueue's).
+        let decide = tx
             .prepare_cached(
-                r#"INSERT INTO payments
-                       (order_id, customer_id, amount_minor, currency_code, status, reason, message_id)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)
-                   ON CONFLICT (order_id) DO NOTHING"#,
+                r#"WITH payment AS (
+                       INSERT INTO payments
+                           (order_id, customer_id, amount_minor, currency_code, status, reason,
+                            message_id)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7)
+                       ON CONFLICT (order_id) DO NOTHING
+                       RETURNING order_id
+                   ), debit AS (
+                       UPDATE accounts
+                       SET balance_minor = balance_minor - $3, update_time = now()
+                       WHERE customer_id = $2 AND balance_minor >= $3 AND $8
+                         AND EXISTS (SELECT 1 FROM payment)
+                       RETURNING balance_minor
+                   ), ledger AS (
+                       INSERT INTO transactions
+                           (customer_id, kind, amount_minor, balance_after_minor, order_id)
+                       SELECT $2, 'DEBIT', -$3, balance_minor, $1 FROM debit
+                   ), event AS (
+                       INSERT INTO outbox (event_id, aggregate_id, routing_key, event_type,
+                                           payload, headers)
+                       SELECT $9, $10, $11, $12, $13, $14 FROM payment
+                   )
+                   SELECT EXISTS (SELECT 1 FROM payment) AS decided,
+                          EXISTS (SELECT 1 FROM debit) AS debited,
+                          (SELECT status FROM payments WHERE order_id = $1) AS previous"#,
             )
             .await?;
-        let inserted = tx
-            .execute(
-                &insert_payment,
+        let row = tx
+            .query_one(
+                &decide,
                 &[
                     &order.order_id,
                     &order.customer_id,
@@ -285,58 +318,44 @@ impl Store {
                     &status,
                     &reason,
                     &message_id,
+                    &debit,
+                    &event.event_id,
+                    &event.aggregate_id,
+                    &event.routing_key,
+                    &event.event_type,
+                    &event.payload,
+                    &headers,
                 ],
             )
             .await?;
-        if inserted == 0 {
-            let status: String = tx
-                .query_one(
-                    r#"SELECT status FROM payments WHERE order_id = $1"#,
-                    &[&order.order_id],
-                )
-                .await?
-                .get(0);
+        if !row.get::<_, bool>("decided") {
+            // The snapshot's row, or (when a concurrent decision committed
+            // while this one waited) the committed one.
+            let previous: Option<String> = match row.get("previous") {
+                Some(status) => Some(status),
+                None => tx
+                    .query_opt(
+                        r#"SELECT status FROM payments WHERE order_id = $1"#,
+                        &[&order.order_id],
+                    )
+                    .await?
+                    .map(|r| r.get(0)),
+            };
             tx.commit().await?;
-            return Ok(if status == "CANCELLED" {
+            return Ok(if previous.as_deref() == Some("CANCELLED") {
                 Settlement::Cancelled
             } else {
                 Settlement::AlreadySettled
             });
         }
-
-        if let Decision::Pay { amount_minor } = decision {
-            // Exactly one row, or the transaction fails and rolls back.
-            let debit = tx
-                .prepare_cached(
-                    r#"UPDATE accounts
-                       SET balance_minor = balance_minor - $2, update_time = now()
-                       WHERE customer_id = $1 AND balance_minor >= $2
-                       RETURNING balance_minor"#,
-                )
-                .await?;
-            let balance: i64 = tx
-                .query_one(&debit, &[&order.customer_id, &amount_minor])
-                .await?
-                .get(0);
-            let record = tx
-                .prepare_cached(
-                    r#"INSERT INTO transactions
-                           (customer_id, kind, amount_minor, balance_after_minor, order_id)
-                       VALUES ($1, 'DEBIT', $2, $3, $4)"#,
-                )
-                .await?;
-            tx.execute(
-                &record,
-                &[
-                    &order.customer_id,
-                    &-amount_minor,
-                    &balance,
-                    &order.order_id,
-                ],
-            )
-            .await?;
+        if debit && !row.get::<_, bool>("debited") {
+            // The balance was checked under the account's row lock, so this
+            // cannot happen; never commit a payment without its debit.
+            return Err(Error::Internal(format!(
+                "the debit of order {} found no balance to take",
+                order.order_id
+            )));
         }
-        outbox::enqueue(&tx, &outcome_event(&decision)).await?;
         tx.commit().await?;
         Ok(Settlement::Decided(decision))
     }

@@ -371,6 +371,9 @@ struct Worker {
     recent: VecDeque<(Instant, usize)>,
     /// Whether the last claim came back full: then claim again at once.
     last_full: bool,
+    /// Probe for due rows before claiming: the last wait ended without a
+    /// NOTIFY.
+    probe_first: bool,
     backoff: Duration,
 }
 
@@ -400,6 +403,7 @@ impl Worker {
             last_vacuum: Instant::now(),
             recent: VecDeque::new(),
             last_full: false,
+            probe_first: false,
             backoff: FIRST_BACKOFF,
         }
     }
@@ -620,9 +624,10 @@ impl Worker {
         let Some(publisher) = self.publisher.as_ref() else {
             return;
         };
-        // While polling, a one-round-trip probe is cheaper than an empty
-        // claim transaction.
-        let probed = if polling && !self.last_full {
+        // While polling, or after a wait no NOTIFY ended, a one-round-trip
+        // probe is cheaper than an empty claim transaction.
+        let probe = (polling || std::mem::take(&mut self.probe_first)) && !self.last_full;
+        let probed = if probe {
             self.probe(partitions).await
         } else {
             Ok(true)
@@ -642,10 +647,18 @@ impl Worker {
                 self.broker_lost_since = None;
                 self.recent.push_back((Instant::now(), published));
                 self.deleted_since_vacuum += published;
-                if full || self.config.poll_interval.is_zero() {
+                if full {
                     return;
                 }
-                self.sleep_or_wake(self.config.poll_interval).await;
+                if polling {
+                    self.sleep_or_wake(self.config.poll_interval).await;
+                } else {
+                    // Cold: a row committed since the claim notified, so
+                    // wait for that instead of claiming again to find
+                    // nothing (a transaction of three round trips per
+                    // order at a trickle).
+                    self.wait_cold().await;
+                }
             }
             Ok(Step::Empty) => {
                 self.backoff = FIRST_BACKOFF;
@@ -653,12 +666,7 @@ impl Worker {
                 if polling {
                     self.sleep_or_wake(self.config.poll_interval).await;
                 } else {
-                    tokio::select! {
-                        () = self.wake.notified() => {}
-                        () = tokio::time::sleep(self.config.fallback_tick) => {}
-                        () = tokio::time::sleep_until(self.next_rebalance) => {}
-                        () = self.shutdown.cancelled() => {}
-                    }
+                    self.wait_cold().await;
                 }
             }
             Err(DrainError::Broker(e)) => {
@@ -685,6 +693,19 @@ impl Worker {
     async fn probe(&self, partitions: &[i16]) -> Result<bool, DrainError> {
         let client = self.pool.get().await?;
         Ok(store::pending(&client, partitions).await?)
+    }
+
+    /// Sleeps until a NOTIFY for a held partition, the fallback tick, the
+    /// next rebalance or shutdown.
+    /// Woken by anything but a NOTIFY, the next turn probes before it
+    /// claims (one round trip instead of an empty transaction's three).
+    async fn wait_cold(&mut self) {
+        self.probe_first = tokio::select! {
+            () = self.wake.notified() => false,
+            () = tokio::time::sleep(self.config.fallback_tick) => true,
+            () = tokio::time::sleep_until(self.next_rebalance) => true,
+            () = self.shutdown.cancelled() => true,
+        };
     }
 
     async fn sleep_or_wake(&self, interval: Duration) {

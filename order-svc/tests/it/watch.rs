@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt as _};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use order_svc::watch::{APPLICATION_NAME, CHANNEL, LOCK_CLASS};
+use order_svc::watch::{APPLICATION_NAME, CHANNEL, LOCK_APPLICATION_NAME, LOCK_CLASS};
 use ordermesh_platform::auth::Role;
 use ordermesh_platform::testing::eventually;
 use ordermesh_proto::order::v1 as pb;
@@ -51,12 +51,21 @@ async fn next(stream: &mut Streaming<pb::WatchOrderResponse>) -> Option<pb::Orde
     message.map(|m| m.order.expect("each message carries the order"))
 }
 
-/// Pids of the hub connections on the app's database.
+/// Pids of the hub's LISTEN connections on the app's database.
 async fn hub_pids(sql: &tokio_postgres::Client) -> Vec<i32> {
+    pids_named(sql, APPLICATION_NAME).await
+}
+
+/// Pids of the hub's bucket-lock connections on the app's database.
+async fn lock_pids(sql: &tokio_postgres::Client) -> Vec<i32> {
+    pids_named(sql, LOCK_APPLICATION_NAME).await
+}
+
+async fn pids_named(sql: &tokio_postgres::Client, name: &str) -> Vec<i32> {
     sql.query(
         r#"SELECT pid FROM pg_stat_activity
            WHERE datname = current_database() AND application_name = $1"#,
-        &[&APPLICATION_NAME],
+        &[&name],
     )
     .await
     .unwrap()
@@ -384,8 +393,10 @@ async fn a_thousand_watchers_share_one_listen_connection() {
         .await
         .unwrap()
         .get(0);
+    let lockers = lock_pids(&sql).await;
+    assert_eq!(lockers.len(), 1, "one lock connection: {lockers:?}");
     assert_eq!(
-        bucket_locks(&sql, Some(pids[0])).await.len() as i64,
+        bucket_locks(&sql, Some(lockers[0])).await.len() as i64,
         buckets
     );
 
@@ -504,7 +515,10 @@ async fn a_watch_survives_the_loss_of_the_listen_connection() {
         let [pid] = hub_pids(&sql).await[..] else {
             return None;
         };
-        (pid != old && bucket_locks(&sql, Some(pid)).await == [bucket]).then_some(pid)
+        let [locker] = lock_pids(&sql).await[..] else {
+            return None;
+        };
+        (pid != old && bucket_locks(&sql, Some(locker)).await == [bucket]).then_some(pid)
     })
     .await
     .expect("the hub reconnected and locked the bucket again");

@@ -1,0 +1,245 @@
+//! What one order costs PostgreSQL at a trickle: SQL statements and commits
+//! per order in each service's database, orders sent one at a time.
+//!
+//! Commits come from `pg_stat_database.xact_commit` (every statement outside
+//! an explicit transaction is a commit of its own). Statements come from the
+//! server's log with `log_statement = all`, switched on for the measurement
+//! (`ALTER SYSTEM`, then reset): one `statement:` or `execute` line per
+//! statement, attributed by the `user@database` of the log line prefix. The
+//! log file is `BENCH_PG_LOG` or Debian's `/var/log/postgresql/
+//! postgresql-*-main.log`; when it cannot be read, statements are not
+//! counted. Background work (readiness probes, the relay's backlog gauge and
+//! rebalancing) is measured in an idle window as long as the busy one and
+//! subtracted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::mesh::Orders;
+use crate::observe::{Registry, Step};
+
+/// PostgreSQL 15 flushes a backend's statistics up to 10 s after its last
+/// transaction: wait that long before reading them.
+const STATS_LAG: Duration = Duration::from_millis(11_000);
+
+/// One database's share of an order.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbCost {
+    pub database: String,
+    /// SQL statements per order (`None`: the server log was not readable).
+    pub statements: Option<f64>,
+    pub commits: f64,
+}
+
+/// Per order, per database, and the sum.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cost {
+    pub orders: usize,
+    pub per_database: Vec<DbCost>,
+    pub statements: Option<f64>,
+    pub commits: f64,
+}
+
+/// Counters of the databases at one moment.
+struct Snapshot {
+    commits: Vec<i64>,
+    log_len: Option<u64>,
+}
+
+/// Sends `orders` orders one at a time (each waits for its payment result)
+/// and returns what they cost `databases` (label, database name).
+pub async fn trickle(
+    server_url: &str,
+    clients: &[Orders],
+    registry: &Arc<Registry>,
+    step_id: u32,
+    databases: &[(&str, &str)],
+    orders: usize,
+) -> anyhow::Result<Cost> {
+    let (admin, driver) = connect(server_url).await?;
+    let log = log_file();
+    admin
+        .batch_execute("ALTER SYSTEM SET log_statement = 'all'; SELECT pg_reload_conf()")
+        .await
+        .context("turn the statement log on")?;
+    let result = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Busy: the orders, then the stragglers' statistics.
+        let before = snapshot(&admin, databases, log.as_ref()).await?;
+        let started = Instant::now();
+        send(clients, registry, step_id, orders).await?;
+        // order-svc applies the result just after the bench sees it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let busy_for = started.elapsed();
+        let busy_log = log_len(log.as_ref());
+        tokio::time::sleep(STATS_LAG).await;
+        let after = snapshot(&admin, databases, log.as_ref()).await?;
+        // Idle as long, for the background.
+        let idle_from = snapshot(&admin, databases, log.as_ref()).await?;
+        tokio::time::sleep(busy_for).await;
+        let idle_log = log_len(log.as_ref());
+        tokio::time::sleep(STATS_LAG).await;
+        let idle_to = snapshot(&admin, databases, log.as_ref()).await?;
+        let lines = |from: Option<u64>, to: Option<u64>| -> Option<String> {
+            read_range(log.as_ref()?, from?, to?)
+        };
+        let busy_lines = lines(before.log_len, busy_log);
+        let idle_lines = lines(idle_from.log_len, idle_log);
+        let mut per_database = Vec::new();
+        for (i, (label, name)) in databases.iter().enumerate() {
+            let busy = (after.commits[i] - before.commits[i]) as f64;
+            let idle = (idle_to.commits[i] - idle_from.commits[i]) as f64;
+            let statements = match (&busy_lines, &idle_lines) {
+                (Some(b), Some(i)) => Some(
+                    (count_statements(b, name) as f64 - count_statements(i, name) as f64)
+                        / orders as f64,
+                ),
+                _ => None,
+            };
+            per_database.push(DbCost {
+                database: (*label).to_owned(),
+                statements: statements.map(crate::stats::r3),
+                commits: crate::stats::r3((busy - idle) / orders as f64),
+            });
+        }
+        let statements = per_database
+            .iter()
+            .map(|d| d.statements)
+            .sum::<Option<f64>>()
+            .map(crate::stats::r3);
+        let commits = crate::stats::r3(per_database.iter().map(|d| d.commits).sum());
+        anyhow::Ok(Cost {
+            orders,
+            per_database,
+            statements,
+            commits,
+        })
+    }
+    .await;
+    admin
+        .batch_execute("ALTER SYSTEM RESET log_statement; SELECT pg_reload_conf()")
+        .await
+        .context("turn the statement log off")?;
+    driver.abort();
+    result
+}
+
+async fn connect(
+    url: &str,
+) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("connect to PostgreSQL as its administrator")?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver))
+}
+
+async fn send(
+    clients: &[Orders],
+    registry: &Arc<Registry>,
+    step_id: u32,
+    orders: usize,
+) -> anyhow::Result<()> {
+    let step = Arc::new(Step::new(orders));
+    registry.add_step(step_id, step.clone());
+    let mut client = clients[0].clone();
+    for i in 0..orders {
+        let id = format!("s{step_id}-{i}");
+        client
+            .create_order(crate::load::order(id, i))
+            .await
+            .context("CreateOrder")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while step.slots[i].settled.load(Ordering::SeqCst) == 0 {
+            anyhow::ensure!(Instant::now() < deadline, "order {i} did not settle");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn snapshot(
+    admin: &tokio_postgres::Client,
+    databases: &[(&str, &str)],
+    log: Option<&PathBuf>,
+) -> anyhow::Result<Snapshot> {
+    admin
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await?;
+    let mut commits = Vec::new();
+    for (_, name) in databases {
+        let row = admin
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+                &[name],
+            )
+            .await
+            .with_context(|| format!("read the commits of {name}"))?;
+        commits.push(row.get(0));
+    }
+    Ok(Snapshot {
+        commits,
+        log_len: log_len(log),
+    })
+}
+
+/// The server log: `BENCH_PG_LOG`, else Debian's cluster log.
+fn log_file() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("BENCH_PG_LOG") {
+        return Some(PathBuf::from(path));
+    }
+    std::fs::read_dir("/var/log/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("postgresql-") && n.ends_with("-main.log"))
+        })
+}
+
+fn log_len(log: Option<&PathBuf>) -> Option<u64> {
+    std::fs::metadata(log?).ok().map(|m| m.len())
+}
+
+fn read_range(log: &PathBuf, from: u64, to: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).ok()?;
+    file.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = vec![0; to.saturating_sub(from) as usize];
+    file.read_exact(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Statements the log shows for `database` (the prefix `user@database `).
+fn count_statements(log: &str, database: &str) -> usize {
+    let tag = format!("@{database} ");
+    log.lines()
+        .filter(|l| l.contains(&tag))
+        .filter(|l| l.contains(" LOG:  statement: ") || l.contains(" LOG:  execute "))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statements_are_counted_per_database() {
+        let log = "\
+2026-12-04 19:00:00.000 UTC [1] postgres@om_test_a LOG:  statement: BEGIN
+2026-12-04 19:00:00.001 UTC [1] postgres@om_test_a LOG:  execute s0: INSERT INTO orders
+\tVALUES ($1)
+2026-12-04 19:00:00.002 UTC [1] postgres@om_test_a DETAIL:  parameters: $1 = 'x'
+2026-12-04 19:00:00.003 UTC [2] postgres@om_test_b LOG:  execute <unnamed>: SELECT 1
+2026-12-04 19:00:00.004 UTC [1] postgres@om_test_ab LOG:  statement: COMMIT
+";
+        assert_eq!(super::count_statements(log, "om_test_a"), 2);
+        assert_eq!(super::count_statements(log, "om_test_b"), 1);
+    }
+}
