@@ -13,8 +13,8 @@ help:
 	@echo 'make logs            follow their logs (.run/logs)'
 	@echo 'make migrate         build (debug) and run both migrate subcommands'
 	@echo 'make tools           install buf, grpcurl, cargo-nextest into .tools/bin'
-	@echo 'make lint            cargo fmt --check, clippy -D warnings, buf lint'
-	@echo 'make test            every test: buf lint, nextest, README smoke, REST checks, sweep'
+	@echo 'make lint            cargo fmt --check, clippy -D warnings, buf lint, buf breaking'
+	@echo 'make test            every test: buf lint/breaking, fmt, clippy, nextest, AsyncAPI, README smoke, REST checks, sweep'
 	@echo 'make deploy-check    static checks of the Helm chart, Dockerfile and compose file'
 	@echo 'make smoke           run the README walk-through against fresh binaries'
 	@echo 'make smoke-selftest  test the README smoke runner itself'
@@ -47,6 +47,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(BUF) lint
+	bash deploy/local/contract-check.sh
 
 test:
 	@bash deploy/local/test.sh

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Static checks of everything under deploy/ (no Docker engine, no cluster):
 #
-#   1. helm lint --strict                      default values, values-production.yaml
-#   2. helm template | kubernetes-validate     --strict -k 1.35.0, both value sets
+#   1. helm lint --strict                      default values, values-production.yaml,
+#                                              deploy/tests/values-operable.yaml
+#   2. helm template | kubernetes-validate     --strict -k 1.35.0, the three value sets
 #      ("default values" plus a throwaway auth.jwtSecret: the chart refuses to
-#      render without a token verification key, by design)
+#      render without a token verification key, by design; "operable": TLS
+#      mounts, the helm test Pod, the PrometheusRule, the dashboard ConfigMap)
 #   3. hadolint                                every Dockerfile in the repository
 #   4. check-jsonschema                        deploy/compose.yaml against the compose spec
 #   5. deploy/tests/chart_test.py              assertions on the rendered chart
@@ -25,6 +27,7 @@ BIN=$TOOLS/bin
 VENV=$TOOLS/venv
 CHART=$ROOT/deploy/helm/ordermesh
 PROD_VALUES=$ROOT/deploy/helm/values-production.yaml
+OPERABLE_VALUES=$ROOT/deploy/tests/values-operable.yaml
 COMPOSE=$ROOT/deploy/compose.yaml
 K8S_VERSION=1.35.0
 # The one value the defaults lack on purpose (auth.jwtSecret or an existing
@@ -43,7 +46,7 @@ PY_REQUIREMENTS=(
 )
 # Kinds kubernetes-validate has no schema for that the chart may render
 # (CRDs); chart_test.py validates them against deploy/tests/*.schema.json.
-ALLOWED_UNKNOWN_KINDS=(ServiceMonitor)
+ALLOWED_UNKNOWN_KINDS=(ServiceMonitor PrometheusRule)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'deploy/check.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -183,8 +186,10 @@ hadolint_all() {
 say "checks"
 step "helm lint --strict (default values)" lint "${DEFAULT_SET[@]}"
 step "helm lint --strict (values-production.yaml)" lint -f "$PROD_VALUES"
+step "helm lint --strict (tests/values-operable.yaml)" lint -f "$OPERABLE_VALUES"
 step "helm template | kubernetes-validate $K8S_VERSION (default)" validate_render "${DEFAULT_SET[@]}"
 step "helm template | kubernetes-validate $K8S_VERSION (production)" validate_render -f "$PROD_VALUES"
+step "helm template | kubernetes-validate $K8S_VERSION (operable)" validate_render -f "$OPERABLE_VALUES"
 step "hadolint (every Dockerfile)" hadolint_all
 step "compose spec (check-jsonschema vendor.compose-spec)" \
   "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$COMPOSE"

@@ -110,7 +110,15 @@ om_spawn() {
   shift 2
   printf -- '---- %s: starting %s\n' "$(date -u +%FT%TZ)" "$bin" >>"$log"
   env "$@" setsid nohup "$bin" >>"$log" 2>&1 </dev/null &
-  printf '%s\n' "$!"
+  local pid=$! i argv0
+  # The pid is env's, then nohup's, until they exec the binary: wait (up to
+  # 2 s) so callers that check the process by name see the binary.
+  for ((i = 0; i < 200; i++)); do
+    argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1) || break
+    [[ ${argv0##*/} == "${bin##*/}" ]] && break
+    sleep 0.01
+  done
+  printf '%s\n' "$pid"
 }
 
 # Sends SIGTERM to every "name:pid" given, waits up to `timeout` seconds for

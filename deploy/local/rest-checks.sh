@@ -8,6 +8,12 @@
 #      the binary) with every outside host unresolvable, checks that every
 #      operation of /openapi.json is listed, and saves a screenshot of
 #      order-svc's page to docs/img/rest-docs.png (the README shows it).
+#   3. headless Chromium opens deploy/local/fixtures/sse-watch.html, which
+#      watches an order (account, deposit and order made here over REST
+#      with the admin token) with the browser's own EventSource, and must
+#      show it PAID. EventSource cannot send Authorization: the page is
+#      served by fixtures/sse-proxy.py, which passes /v1/ to order-svc on
+#      the same origin and adds the token, as an ingress would.
 #
 # Not checked by schemathesis, on purpose: positive_data_acceptance and
 # negative_data_rejection. The document is derived from the protos, which
@@ -51,13 +57,14 @@ command -v curl >/dev/null || om_die "curl is needed to fetch /openapi.json"
 id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
 ports=$(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(2)]
+socks = [socket.socket() for _ in range(3)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
-read -r order_port processor_port <<<"$ports"
+read -r order_port processor_port relay_port <<<"$ports"
 order_addr=127.0.0.1:$order_port
 processor_addr=127.0.0.1:$processor_port
+relay_addr=127.0.0.1:$relay_port
 
 work=$OM_RUN/rest-$id
 mkdir -p "$work"
@@ -107,23 +114,32 @@ else
   bin_dir=$(om_target_dir)/debug
 fi
 
-# start NAME ADDR: starts the binary with the test environment and waits
-# until its gRPC health check passes.
+# start NAME ADDR [CHECK]: starts the binary with the test environment and
+# waits until CHECK ADDR passes (default: the gRPC health check).
 start() {
-  local name=$1 addr=$2 pid
+  local name=$1 addr=$2 check=${3:-om_grpc_health} pid
   [[ -x $bin_dir/$name ]] || om_die "$bin_dir/$name is missing"
   pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" \
     ORDER_SVC_ADDR="$order_addr" \
     PROCESSOR_SVC_ADDR="$processor_addr" \
+    RELAY_ADMIN_ADDR="$relay_addr" \
     ORDER_DATABASE_URL="$(om_url_with_db "$pg_server" "$order_db")" \
     PROCESSOR_DATABASE_URL="$(om_url_with_db "$pg_server" "$processor_db")" \
+    RELAY_SOURCES="$(om_url_with_db "$pg_server" "$order_db"),$(om_url_with_db "$pg_server" "$processor_db")" \
     AMQP_URL="$amqp_url" \
     AMQP_EXCHANGE="$prefix.events" \
     ORDER_QUEUE="$prefix.order-svc.payment-results" \
     PROCESSOR_QUEUE="$prefix.processor-svc.order-created" \
     AUTH_JWT_SECRET="$auth_secret")
   started+=("$name:$pid")
-  om_wait_healthy "$name" "$pid" "$work/$name.log" om_grpc_health "$addr" "$((SECONDS + start_timeout))"
+  # Until the spawn has exec'd the binary, the pid is still env or nohup,
+  # which om_wait_healthy would take for an exit.
+  local exec_deadline=$((SECONDS + 10))
+  while ! om_pid_alive "$pid" "$name" && kill -0 "$pid" 2>/dev/null && ((SECONDS < exec_deadline)); do
+    sleep 0.05
+  done
+  om_wait_healthy "$name" "$pid" "$work/$name.log" "$check" "$addr" "$((SECONDS + start_timeout))" ||
+    return 1
   om_say "$name is healthy on $addr (pid $pid)"
 }
 start order-svc "$order_addr"
@@ -202,9 +218,89 @@ else
   failed+=("no screenshot of the docs page")
 fi
 
+# --- WatchOrder over EventSource in headless Chromium -------------------------
+om_say "chromium: a page watches an order with EventSource until it is PAID"
+sse_customer=sse-$id
+sse_order=sse-$id-order
+# rest_post ADDR PATH JSON: one REST call with the admin token.
+rest_post() {
+  curl -fsS --max-time 10 -H "authorization: Bearer $admin_token" \
+    -H 'content-type: application/json' --data "$3" "http://$1$2" >>"$work/sse-setup.log" &&
+    printf '\n' >>"$work/sse-setup.log"
+}
+sse_check() {
+  local port_file=$work/sse-proxy.port token_file=$work/sse-proxy.token
+  local dom=$work/sse-watch.dom.html pid port deadline browser seen
+  # No relay yet: the order stays PENDING until the page is watching it.
+  rest_post "$processor_addr" /v1/accounts "{\"customerId\": \"$sse_customer\"}" &&
+    rest_post "$processor_addr" "/v1/accounts/$sse_customer:deposit" \
+      '{"amountMinor": "1000", "depositId": "sse-1"}' &&
+    rest_post "$order_addr" /v1/orders "{\"orderId\": \"$sse_order\", \"customerId\": \"$sse_customer\",
+      \"items\": [{\"sku\": \"pen\", \"quantity\": 1, \"unitPriceMinor\": \"300\"}]}" || {
+    echo "    could not create the account, deposit and order (see sse-setup.log)"
+    return 1
+  }
+  (umask 077 && printf '%s\n' "$admin_token" >"$token_file")
+  pid=$(om_spawn "$OM_ROOT/deploy/local/fixtures/sse-proxy.py" "$work/sse-proxy.log" \
+    SSE_UPSTREAM="$order_addr" SSE_TOKEN_FILE="$token_file" SSE_PORT_FILE="$port_file")
+  started+=("python3:$pid")
+  deadline=$((SECONDS + 20))
+  until [[ -s $port_file ]]; do
+    # kill -0, not om_pid_alive: right after the spawn the pid may still
+    # be env or nohup on its way to exec python3.
+    if ((SECONDS >= deadline)) || ! kill -0 "$pid" 2>/dev/null; then
+      echo "    the page's proxy did not start (see sse-proxy.log)"
+      return 1
+    fi
+    sleep 0.1
+  done
+  port=$(<"$port_file")
+  # The page in the background; --dump-dom prints it once the watch ends
+  # (virtual time stands still while the event stream is open), or
+  # chromium_run's timeout ends it.
+  chromium_run --dump-dom "http://127.0.0.1:$port/?order=$sse_order" >"$dom" &
+  browser=$!
+  # The proxy logs the watch once the gateway answered its head, i.e. after
+  # the first event (PENDING): the page is subscribed.
+  deadline=$((SECONDS + 30))
+  until grep -q "^proxy GET /v1/orders/$sse_order:watch " "$work/sse-proxy.log"; do
+    if ((SECONDS >= deadline)) || ! kill -0 "$browser" 2>/dev/null; then
+      echo "    the page did not open the watch within 30 s (see sse-proxy.log, chromium.log)"
+      wait "$browser" || true
+      return 1
+    fi
+    sleep 0.2
+  done
+  # Now the relay carries order.created to processor-svc and the payment
+  # back: the page must see the order change while it watches.
+  if ! start relay "$relay_addr" om_http_health; then
+    wait "$browser" || true
+    return 1
+  fi
+  wait "$browser" || true
+  seen=$(grep -o '<li>[A-Z_]*</li>' "$dom" | sed 's/<[^>]*>//g' | paste -sd' ' || true)
+  if [[ $seen != "ORDER_STATUS_PENDING ORDER_STATUS_PAID" ]] ||
+    ! grep -q '<output id="stream">done</output>' "$dom"; then
+    echo "    the page did not see PENDING, then PAID; it showed:"
+    grep -o '<output id="[a-z]*">[^<]*</output>' "$dom" | sed 's/^/      /'
+    printf '      events: %s\n' "${seen:-none}"
+    return 1
+  fi
+  # The browser asked for events and the gateway answered them.
+  if ! grep -q "^proxy GET /v1/orders/$sse_order:watch accept='text/event-stream' status=200 content-type='text/event-stream'" \
+    "$work/sse-proxy.log"; then
+    echo "    the watch was not answered as text/event-stream (see sse-proxy.log)"
+    return 1
+  fi
+  printf '    the page saw %s over EventSource: %s\n' "$sse_order" "$seen"
+}
+if ! sse_check; then
+  failed+=("the EventSource page did not see the order PAID")
+fi
+
 if ((${#failed[@]} > 0)); then
   printf '\nrest-checks FAIL:\n'
   printf '  %s\n' "${failed[@]}"
   exit 1
 fi
-printf '\nrest-checks PASS: schemathesis found nothing; /docs lists every operation of both services\n'
+printf '\nrest-checks PASS: schemathesis found nothing; /docs lists every operation of both services; EventSource saw an order PAID\n'

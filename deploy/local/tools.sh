@@ -10,8 +10,10 @@
 #
 #   schemathesis from PyPI, in its own virtualenv .tools/schemathesis
 #   chromium     from apt (Debian `chromium`; needs root when missing)
+#   asyncapi     npm @asyncapi/parser, in .tools/asyncapi (for
+#                deploy/local/asyncapi-check.mjs)
 #
-# Usage: deploy/local/tools.sh [buf] [grpcurl] [nextest] [schemathesis] [chromium]
+# Usage: deploy/local/tools.sh [buf] [grpcurl] [nextest] [schemathesis] [chromium] [asyncapi]
 #        (default: buf grpcurl nextest)
 # Idempotent and quiet when everything is present; needs no stdin.
 set -euo pipefail
@@ -22,6 +24,7 @@ BUF_VERSION=1.75.0
 GRPCURL_VERSION=1.8.6
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
 SCHEMATHESIS_VERSION=4.32.5
+ASYNCAPI_PARSER_VERSION=3.6.6
 
 TOOLS=$OM_ROOT/.tools
 mkdir -p "$OM_TOOLS_BIN"
@@ -37,6 +40,10 @@ grpcurl_ok() { [[ -x $OM_TOOLS_BIN/grpcurl ]] && [[ $("$OM_TOOLS_BIN/grpcurl" -v
 nextest_ok() { cargo nextest --version >/dev/null 2>&1; }
 schemathesis_ok() { [[ $("$TOOLS/schemathesis/bin/schemathesis" --version 2>/dev/null) == "schemathesis, version $SCHEMATHESIS_VERSION" ]]; }
 chromium_ok() { chromium --version >/dev/null 2>&1; }
+asyncapi_ok() {
+  [[ $(node -p 'require(process.argv[1]).version' \
+    "$TOOLS/asyncapi/node_modules/@asyncapi/parser/package.json" 2>/dev/null) == "$ASYNCAPI_PARSER_VERSION" ]]
+}
 
 # Runs a command with its output kept in a log; shows the log if it fails.
 quietly() {
@@ -126,6 +133,20 @@ install_chromium() {
   chromium_ok || om_die "chromium does not run after install: $(chromium --version 2>&1 || true)"
 }
 
+# The parser gets a prefix of its own, apart from buf's .tools/npm.
+install_asyncapi() {
+  asyncapi_ok && return 0
+  command -v npm >/dev/null || om_die "@asyncapi/parser needs npm (Node.js 18+): install nodejs and npm, then rerun $0"
+  om_say "installing @asyncapi/parser $ASYNCAPI_PARSER_VERSION (npm) into .tools/asyncapi"
+  if [[ -z ${NODE_EXTRA_CA_CERTS:-} && -r /etc/ssl/certs/ca-certificates.crt ]]; then
+    export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+  fi
+  quietly "npm install @asyncapi/parser" \
+    npm install --prefix "$TOOLS/asyncapi" --no-audit --no-fund --loglevel=error \
+    --fetch-retries=2 --fetch-timeout=60000 "@asyncapi/parser@$ASYNCAPI_PARSER_VERSION"
+  asyncapi_ok || om_die "@asyncapi/parser $ASYNCAPI_PARSER_VERSION is not in .tools/asyncapi after install"
+}
+
 tools=("$@")
 ((${#tools[@]} > 0)) || tools=(buf grpcurl nextest)
 for tool in "${tools[@]}"; do
@@ -135,6 +156,7 @@ for tool in "${tools[@]}"; do
     nextest) install_nextest ;;
     schemathesis) install_schemathesis ;;
     chromium) install_chromium ;;
-    *) om_die "unknown tool '$tool' (known: buf grpcurl nextest schemathesis chromium)" ;;
+    asyncapi) install_asyncapi ;;
+    *) om_die "unknown tool '$tool' (known: buf grpcurl nextest schemathesis chromium asyncapi)" ;;
   esac
 done

@@ -619,6 +619,251 @@ class Tuning(unittest.TestCase):
         self.assertIn("admin", render_fails(*WITH_SECRET, "--set-string", "rateLimit.admin=yes"))
 
 
+# ---------------------------------------------------------------- operable chart (issue 16)
+
+TESTS_DIR = Path(__file__).resolve().parent
+OPERABLE_VALUES = TESTS_DIR / "values-operable.yaml"
+PROMETHEUSRULE_SCHEMA = TESTS_DIR / "prometheusrule.schema.json"
+GRAFANA_SOURCE = ROOT / "deploy" / "grafana" / "ordermesh.json"
+GRAFANA_COPY = CHART / "files" / "grafana" / "ordermesh.json"
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+METRICS_RS = ROOT / "platform" / "src" / "metrics.rs"
+CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
+TLS_VARS = ("TLS_CERT_FILE", "TLS_KEY_FILE", "PG_CA_FILE", "AMQP_CA_FILE")
+OPERABLE = render("-f", str(OPERABLE_VALUES), secret=False)
+
+
+def containers_of(docs):
+    """(label, pod spec, container) of every Deployment, Job and Pod."""
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            spec = d["spec"]["template"]["spec"]
+        elif d["kind"] == "Pod":
+            spec = d["spec"]
+        else:
+            continue
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            yield f"{d['kind']}/{d['metadata']['name']}/{c['name']}", spec, c
+
+
+def mounted_secret_file(spec, container, path):
+    """(Secret name, key) of the file at `path` in `container`, or None."""
+    path = Path(path)
+    for m in container.get("volumeMounts", []):
+        if Path(m["mountPath"]) != path.parent:
+            continue
+        (vol,) = [v for v in spec.get("volumes", []) if v["name"] == m["name"]]
+        secret = vol.get("secret")
+        if not secret:
+            return None
+        for item in secret.get("items", []):
+            if item["path"] == path.name:
+                return secret["secretName"], item["key"]
+    return None
+
+
+def test_pod(docs):
+    pods = [d for d in by_kind(docs, "Pod") if "test" in hook_phases(d)]
+    assert len(pods) == 1, f"expected one helm test Pod, found {len(pods)}"
+    return pods[0]
+
+
+class OperableChart(unittest.TestCase):
+    def test_renders_validate(self):
+        kubernetes_validate([d for d in OPERABLE if d["kind"] not in CRD_KINDS])
+
+    def test_tls_variables_name_mounted_secret_files(self):
+        expected = {
+            "order-svc": set(TLS_VARS),
+            "processor-svc": set(TLS_VARS),
+            # The admin port stays plain; it talks to PostgreSQL and RabbitMQ.
+            "relay": {"PG_CA_FILE", "AMQP_CA_FILE"},
+        }
+        secrets = {
+            "TLS_CERT_FILE": ("ordermesh-tls", "tls.crt"),
+            "TLS_KEY_FILE": ("ordermesh-tls", "tls.key"),
+            "PG_CA_FILE": ("postgresql-ca", "ca.crt"),
+            "AMQP_CA_FILE": ("rabbitmq-ca", "ca.crt"),
+        }
+        seen = set()
+        for label, spec, c in containers_of(OPERABLE):
+            env = env_of(c)
+            present = {v for v in TLS_VARS if v in env}
+            if label.startswith("Deployment/"):
+                component = label.split("/")[1].removeprefix(f"{RELEASE}-ordermesh-")
+                self.assertEqual(present, expected[component], label)
+                seen.add(component)
+            elif label.startswith("Job/"):
+                self.assertEqual(present, {"PG_CA_FILE"}, f"{label}: migrations talk to PostgreSQL only")
+                seen.add(label)
+            for var in present:
+                self.assertEqual(
+                    mounted_secret_file(spec, c, env[var]["value"]), secrets[var], f"{label} {var}"
+                )
+            for m in c.get("volumeMounts", []):
+                if m["mountPath"].startswith("/etc/ordermesh/tls"):
+                    self.assertTrue(m.get("readOnly"), f"{label} {m}")
+        self.assertTrue(set(expected) <= seen and len(seen) == 5, seen)
+        # The private key is not world-readable.
+        order = named(OPERABLE, "Deployment", "order-svc")["spec"]["template"]["spec"]
+        (server,) = [v for v in order["volumes"] if v["name"] == "tls-server"]
+        self.assertEqual(server["secret"]["defaultMode"], 0o440)
+
+    def test_no_tls_by_default(self):
+        for docs in (DEFAULT, PROD):
+            for label, _, c in containers_of(docs):
+                self.assertFalse(set(TLS_VARS) & set(env_of(c)), label)
+
+    def test_probes_follow_tls(self):
+        for component in AUTH_SERVICES:
+            c = container_of(OPERABLE, component)
+            port = c["ports"][0]["containerPort"]
+            ready = c["readinessProbe"]
+            self.assertNotIn("grpc", ready, "native gRPC probes cannot speak TLS")
+            cmd = ready["exec"]["command"]
+            self.assertEqual(cmd[0], "/usr/local/bin/grpc_health_probe")
+            self.assertIn(f"-addr=127.0.0.1:{port}", cmd)
+            self.assertIn("-tls", cmd)
+            for probe in ("livenessProbe", "startupProbe"):
+                self.assertEqual(c[probe]["httpGet"], {"path": "/healthz", "port": port, "scheme": "HTTPS"})
+
+    def test_helm_test_pod_checks_both_services(self):
+        for docs, tls in ((DEFAULT, False), (OPERABLE, True)):
+            pod = test_pod(docs)
+            self.assertEqual(pod["spec"]["restartPolicy"], "Never")
+            addrs = set()
+            for c in pod["spec"]["containers"]:
+                cmd = c["command"]
+                self.assertEqual(cmd[0], "/usr/local/bin/grpc_health_probe")
+                (addr,) = [a.removeprefix("-addr=") for a in cmd if a.startswith("-addr=")]
+                addrs.add(addr)
+                self.assertEqual("-tls" in cmd, tls, cmd)
+                self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+                if tls:
+                    (ca,) = [a.removeprefix("-tls-ca-cert=") for a in cmd if a.startswith("-tls-ca-cert=")]
+                    self.assertEqual(mounted_secret_file(pod["spec"], c, ca), ("ordermesh-tls", "ca.crt"))
+            (vol,) = pod["spec"].get("volumes", [None]) if tls else (None,)
+            if vol:
+                self.assertEqual([i["key"] for i in vol["secret"]["items"]], ["ca.crt"], "the CA only, no key")
+            expected = set()
+            for component in AUTH_SERVICES:
+                svc = named(docs, "Service", component)
+                expected.add(f"{svc['metadata']['name']}.ordermesh.svc:{svc['spec']['ports'][0]['port']}")
+            self.assertEqual(addrs, expected)
+        # TLS without a CA: checked over TLS, certificate not verified.
+        docs = render("--set", "tls.server.secretName=ordermesh-tls")
+        for c in test_pod(docs)["spec"]["containers"]:
+            self.assertIn("-tls-no-verify", c["command"])
+        self.assertEqual(by_kind(render("--set", "helmTest.enabled=false"), "Pod"), [])
+
+    def test_prometheus_rule(self):
+        self.assertEqual(by_kind(DEFAULT, "PrometheusRule"), [], "off by default (needs the CRD)")
+        (rule,) = by_kind(OPERABLE, "PrometheusRule")
+        jsonschema.validate(rule, json.loads(PROMETHEUSRULE_SCHEMA.read_text()))
+        self.assertEqual(rule["metadata"]["labels"]["release"], "kube-prometheus-stack")
+        alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+        metrics = {
+            "OrdermeshOutboxBacklogOld": "ordermesh_relay_outbox_oldest_age_seconds",
+            "OrdermeshOutboxRowsParked": "ordermesh_relay_parked_rows",
+            "OrdermeshConsumerDeadLettering": "ordermesh_consumer_dead_lettered_total",
+            "OrdermeshOrderPendingTooLong": "ordermesh_orders_oldest_pending_seconds",
+            "OrdermeshConsumerRedeliveries": "ordermesh_consumer_retries_total",
+        }
+        self.assertEqual(set(alerts), set(metrics))
+        exported = METRICS_RS.read_text()
+        for name, metric in metrics.items():
+            expr = alerts[name]["expr"]
+            self.assertIn(f'{metric}{{namespace="ordermesh"}}', expr, name)
+            self.assertIn(f'"{metric}"', exported, f"{metric} is not in platform/src/metrics.rs")
+            self.assertEqual(alerts[name]["for"], "5m")
+            self.assertEqual(alerts[name]["labels"]["severity"], "warning")
+            # Prometheus templates reach the rule unexpanded by helm.
+            self.assertIn("{{ $value", alerts[name]["annotations"]["description"], name)
+        self.assertTrue(alerts["OrdermeshOutboxBacklogOld"]["expr"].endswith("> 60"))
+        docs = render("--set", "prometheusRule.enabled=true", "--set", "prometheusRule.outboxOldestAgeSeconds=120",
+                      "--set", "prometheusRule.alertLabels.team=payments")
+        (rule,) = by_kind(docs, "PrometheusRule")
+        (backlog,) = [r for r in rule["spec"]["groups"][0]["rules"] if r["alert"] == "OrdermeshOutboxBacklogOld"]
+        self.assertTrue(backlog["expr"].endswith("> 120"))
+        self.assertEqual(backlog["labels"]["team"], "payments")
+
+    def test_dashboard_configmap(self):
+        self.assertFalse(
+            [d for d in by_kind(DEFAULT, "ConfigMap") if d["metadata"]["name"].endswith("grafana-dashboard")]
+        )
+        (cm,) = [d for d in by_kind(OPERABLE, "ConfigMap") if d["metadata"]["name"].endswith("grafana-dashboard")]
+        self.assertEqual(cm["metadata"]["labels"]["grafana_dashboard"], "1")
+        self.assertEqual(cm["metadata"]["annotations"], {"grafana_folder": "ordermesh"})
+        self.assertEqual(json.loads(cm["data"]["ordermesh.json"]), json.loads(GRAFANA_SOURCE.read_text()))
+
+    def test_dashboard_copy_equals_the_source(self):
+        self.assertEqual(
+            GRAFANA_COPY.read_bytes(),
+            GRAFANA_SOURCE.read_bytes(),
+            f"{GRAFANA_COPY.relative_to(ROOT)} differs from {GRAFANA_SOURCE.relative_to(ROOT)}: "
+            f"cp {GRAFANA_SOURCE.relative_to(ROOT)} {GRAFANA_COPY.relative_to(ROOT)}",
+        )
+
+    def test_servicemonitors_scrape_tls_ports_over_https(self):
+        schema = json.loads(SERVICEMONITOR_SCHEMA.read_text())
+        for sm in by_kind(OPERABLE, "ServiceMonitor"):
+            jsonschema.validate(sm, schema)
+            component = sm["metadata"]["labels"]["app.kubernetes.io/component"]
+            (ep,) = sm["spec"]["endpoints"]
+            if component == "relay":
+                self.assertNotIn("scheme", ep)
+            else:
+                self.assertEqual(ep["scheme"], "https")
+                self.assertEqual(ep["tlsConfig"]["ca"], {"secret": {"name": "ordermesh-tls", "key": "ca.crt"}})
+                self.assertEqual(ep["tlsConfig"]["serverName"], f"{RELEASE}-ordermesh-{component}.ordermesh.svc")
+
+    def test_notes_follow_tls(self):
+        def notes(*args):
+            out = helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", "ordermesh", *args).stdout
+            return out[out.index("NOTES:"):]
+
+        plain = notes(*WITH_SECRET)
+        self.assertIn("grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check", plain)
+        tls = notes("-f", str(OPERABLE_VALUES))
+        self.assertNotIn("-plaintext", tls)
+        calls = [line for line in tls.splitlines() if line.strip().startswith("grpcurl ")]
+        self.assertEqual(len(calls), 5)
+        for line in calls:
+            self.assertTrue(line.strip().startswith("grpcurl -insecure "), line)
+
+
+class JwksUrl(unittest.TestCase):
+    def test_jwks_url_is_a_verification_key_source(self):
+        self.assertEqual(configmap_data(DEFAULT)["AUTH_JWKS_URL"], "")
+        url = "https://idp.example.com/realms/shop/protocol/openid-connect/certs"
+        # An identity provider's keys alone verify; processor-svc still
+        # signs its own tokens with a key of its own.
+        docs = render("--set", f"auth.jwksUrl={url}", "--set", "auth.signingKeySecret=ordermesh-signing", secret=False)
+        self.assertEqual(configmap_data(docs)["AUTH_JWKS_URL"], url)
+        self.assertIn("auth.jwksUrl", render_fails())
+        for bad in ("http://idp.example.com/certs", "idp.example.com/certs", "https://user:pw@idp/certs"):
+            self.assertIn("jwksUrl", render_fails(*WITH_SECRET, "--set", f"auth.jwksUrl={bad}"), bad)
+        configmap_data(render("--set", "auth.jwksUrl=http://127.0.0.1:8080/certs"))
+
+
+class Compose(unittest.TestCase):
+    def test_jaeger_v2_receives_otlp_from_every_service(self):
+        compose = yaml.safe_load(COMPOSE.read_text())
+        services = compose["services"]
+        jaeger = services["jaeger"]
+        self.assertRegex(jaeger["image"], r"^jaegertracing/jaeger:2\.\d+\.\d+$")
+        published = {p.rsplit(":", 1)[1] for p in jaeger["ports"]}
+        self.assertEqual(published, {"16686", "4317", "4318"})
+        for p in jaeger["ports"]:
+            self.assertTrue(p.startswith("127.0.0.1:"), p)
+        exporters = [name for name, svc in services.items() if "OTEL_SERVICE_NAME" in (svc.get("environment") or {})]
+        self.assertEqual(sorted(exporters), ["order-svc", "processor-svc", "relay"])
+        for name in exporters:
+            env = services[name]["environment"]
+            self.assertEqual(env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4317", name)
+            self.assertIn("jaeger", services[name]["depends_on"], name)
+
+
 if __name__ == "__main__":
     try:
         unittest.main(verbosity=2 if "-v" in sys.argv else 1)

@@ -62,6 +62,9 @@ pub struct Config {
     /// TLS for the gRPC/REST port (`TLS_CERT_FILE`, `TLS_KEY_FILE`);
     /// `None` serves plaintext.
     pub tls: Option<ordermesh_platform::tls::ServerTls>,
+    /// Browser origins allowed to call the port (`CORS_ALLOWED_ORIGINS`);
+    /// none by default.
+    pub cors: ordermesh_platform::cors::CorsConfig,
     pub db_pool_size: usize,
     pub broker: BrokerConfig,
     /// Durable queue of payment results, bound to both result keys.
@@ -86,7 +89,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the variables listed in `docs/CONTRACTS-internal.md`; a bad
+    /// Reads the variables of the README's configuration table; a bad
     /// value is an error naming the variable.
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let addr_text = config::string(env, ENV_ADDR, DEFAULT_ADDR);
@@ -107,6 +110,7 @@ impl Config {
             addr,
             database,
             tls: ordermesh_platform::tls::ServerTls::from_env(env)?,
+            cors: ordermesh_platform::cors::CorsConfig::from_env(env)?,
             db_pool_size,
             broker: BrokerConfig::from_env(env)?,
             queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
@@ -158,7 +162,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // The token keys first: without them the service does not start.
-    let auth = Arc::new(Auth::from_config(&config.auth)?);
+    let auth = Arc::new(Auth::load(&config.auth).await?);
     let pool = ordermesh_platform::db::connect_and_migrate(
         &config.database,
         config.db_pool_size,
@@ -202,7 +206,13 @@ pub async fn run(
     let mut tasks = ordermesh_platform::tasks::Tasks::new(shutdown.clone());
     tasks.spawn(
         "grpc",
-        ordermesh_platform::grpc::serve(listener, routes, config.tls.clone(), shutdown.clone()),
+        ordermesh_platform::grpc::serve_with(
+            listener,
+            routes,
+            config.tls.clone(),
+            config.cors.clone(),
+            shutdown.clone(),
+        ),
     );
     tasks.spawn(
         "readiness",

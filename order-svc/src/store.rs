@@ -9,6 +9,7 @@ use ordermesh_platform::{inbox, outbox};
 use ordermesh_proto::events::v1::ORDER_CREATED;
 use tokio_postgres::Row;
 use tokio_postgres::types::Json;
+use tracing::Instrument as _;
 
 use crate::domain::{
     CancelRequest, ListQuery, NewOrder, Order, OrderItem, OrderStatus, PaymentResult, Refund,
@@ -125,6 +126,15 @@ impl Store {
             .await
             .context("prepare the order insert")?;
         let headers = event.headers_json();
+        // A database client span for the statement, as `outbox::enqueue`'s.
+        let span = tracing::info_span!(
+            "INSERT orders outbox",
+            otel.name = "INSERT orders outbox",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "orders outbox",
+        );
         let inserted = client
             .query_opt(
                 &insert,
@@ -143,6 +153,7 @@ impl Store {
                     &headers,
                 ],
             )
+            .instrument(span)
             .await
             .context("insert the order and its order.created event")?;
         if let Some(row) = inserted {

@@ -7,7 +7,9 @@
 //!   layer.
 //! - [`Verifier`] checks a token against the configured keys: an HS256
 //!   shared secret (`AUTH_JWT_SECRET`), RS256 / EdDSA public keys in PEM
-//!   files (`AUTH_JWT_PUBLIC_KEYS`) and a JWKS file (`AUTH_JWKS_FILE`).
+//!   files (`AUTH_JWT_PUBLIC_KEYS`), a JWKS file (`AUTH_JWKS_FILE`) and a
+//!   JWKS URL (`AUTH_JWKS_URL`, see [`jwks`]: fetched at start, cached for
+//!   its `max-age`, refetched on an unknown `kid`, the last good set kept).
 //! - [`protect`] puts [`AuthLayer`] on a service's routes: it lets health,
 //!   reflection and the operational routes through, authenticates the rest
 //!   (UNAUTHENTICATED with `www-authenticate: Bearer`), puts the [`Caller`]
@@ -48,6 +50,9 @@ use tower::{Layer, Service};
 
 use crate::config::{self, ConfigError, Env, Secret};
 
+pub mod jwks;
+pub use jwks::{JwksRefresh, JwksUrl};
+
 /// The `iss` every ordermesh token carries and every service requires.
 pub const ISSUER: &str = "ordermesh";
 /// The `aud` every ordermesh token carries and every service requires.
@@ -58,6 +63,12 @@ pub const AUTH_SERVICE: &str = "ordermesh.auth.v1.AuthService";
 pub const ENV_JWT_SECRET: &str = "AUTH_JWT_SECRET";
 pub const ENV_JWT_PUBLIC_KEYS: &str = "AUTH_JWT_PUBLIC_KEYS";
 pub const ENV_JWKS_FILE: &str = "AUTH_JWKS_FILE";
+/// An identity provider's JWKS endpoint (https, or http to loopback).
+pub const ENV_JWKS_URL: &str = "AUTH_JWKS_URL";
+/// Floor of the JWKS `max-age`, and the interval of unknown-`kid` refetches.
+pub const ENV_JWKS_REFRESH_MIN_S: &str = "AUTH_JWKS_REFRESH_MIN_S";
+/// Ceiling of the JWKS `max-age`.
+pub const ENV_JWKS_REFRESH_MAX_S: &str = "AUTH_JWKS_REFRESH_MAX_S";
 pub const ENV_SIGNING_KEY_FILE: &str = "AUTH_JWT_SIGNING_KEY_FILE";
 pub const ENV_TOKEN_TTL_S: &str = "AUTH_TOKEN_TTL_S";
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -170,6 +181,10 @@ pub struct AuthConfig {
     pub public_key_files: Vec<PathBuf>,
     /// A JWKS document of public keys (`AUTH_JWKS_FILE`).
     pub jwks_file: Option<PathBuf>,
+    /// An identity provider's rotating keys (`AUTH_JWKS_URL`).
+    pub jwks_url: Option<JwksUrl>,
+    /// How often those are fetched again (`AUTH_JWKS_REFRESH_*_S`).
+    pub jwks_refresh: JwksRefresh,
     pub rate_limit: RateLimitConfig,
     /// Proxies whose `X-Forwarded-For` names the caller for rate limits
     /// (`AUTH_TRUSTED_PROXIES`); behind an ingress, without them every
@@ -237,10 +252,46 @@ impl AuthConfig {
         let jwks_file = Some(config::string(env, ENV_JWKS_FILE, ""))
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
+        let jwks_url = match config::string(env, ENV_JWKS_URL, "") {
+            url if url.is_empty() => None,
+            url => Some(
+                JwksUrl::parse(&url)
+                    .map_err(|reason| config::invalid(ENV_JWKS_URL, &url, reason))?,
+            ),
+        };
+        let min_s = config::parse(
+            env,
+            ENV_JWKS_REFRESH_MIN_S,
+            jwks::DEFAULT_REFRESH_MIN.as_secs(),
+        )?;
+        let max_s = config::parse(
+            env,
+            ENV_JWKS_REFRESH_MAX_S,
+            jwks::DEFAULT_REFRESH_MAX.as_secs(),
+        )?;
+        if min_s == 0 {
+            return Err(config::invalid(
+                ENV_JWKS_REFRESH_MIN_S,
+                0,
+                "must be at least 1",
+            ));
+        }
+        if max_s < min_s {
+            return Err(config::invalid(
+                ENV_JWKS_REFRESH_MAX_S,
+                max_s,
+                format!("must be at least {ENV_JWKS_REFRESH_MIN_S} ({min_s})"),
+            ));
+        }
         Ok(Self {
             secret,
             public_key_files,
             jwks_file,
+            jwks_url,
+            jwks_refresh: JwksRefresh {
+                min: Duration::from_secs(min_s),
+                max: Duration::from_secs(max_s),
+            },
             rate_limit: RateLimitConfig::from_env(env)?,
             trusted_proxies: TrustedProxies::from_env(env)?,
         })
@@ -351,13 +402,19 @@ struct VerifyingKey {
 /// Checks bearer tokens against the configured keys.
 pub struct Verifier {
     keys: Vec<VerifyingKey>,
+    /// The keys behind `AUTH_JWKS_URL`, which change while we run.
+    remote: Option<Arc<jwks::Remote>>,
 }
+
+/// The reason [`Verifier::verify_fresh`] refetches the JWKS for.
+const UNKNOWN_KID: &str = "unknown key id";
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let algorithms: Vec<_> = self.keys.iter().map(|k| k.algorithm).collect();
         f.debug_struct("Verifier")
             .field("algorithms", &algorithms)
+            .field("remote", &self.remote)
             .finish()
     }
 }
@@ -396,26 +453,80 @@ impl Verifier {
         if let Some(path) = &config.jwks_file {
             keys.extend(jwks_keys(path)?);
         }
-        if keys.is_empty() {
+        let remote = match &config.jwks_url {
+            Some(url) => Some(Arc::new(jwks::Remote::new(
+                url.clone(),
+                config.jwks_refresh,
+            )?)),
+            None => None,
+        };
+        if keys.is_empty() && remote.is_none() {
             return Err(config::invalid(
                 ENV_JWT_SECRET,
                 "",
                 format!(
                     "no token verification key is configured: set {ENV_JWT_SECRET} (HS256, at least \
-                     {MIN_SECRET_BYTES} bytes), {ENV_JWT_PUBLIC_KEYS} (PEM files) or {ENV_JWKS_FILE}"
+                     {MIN_SECRET_BYTES} bytes), {ENV_JWT_PUBLIC_KEYS} (PEM files), {ENV_JWKS_FILE} \
+                     or {ENV_JWKS_URL}"
                 ),
             ));
         }
-        Ok(Self { keys })
+        Ok(Self { keys, remote })
+    }
+
+    /// [`Verifier::from_config`], then the first fetch of `AUTH_JWKS_URL`
+    /// when it is set: a provider that does not answer at start is an error
+    /// naming the variable (fail fast; the orchestrator's restarts retry).
+    /// `from_config` alone leaves that fetch to the first token.
+    pub async fn load(config: &AuthConfig) -> Result<Self, ConfigError> {
+        let verifier = Self::from_config(config)?;
+        if let Some(remote) = &verifier.remote {
+            remote.fetch_now().await.map_err(|reason| {
+                config::invalid(
+                    ENV_JWKS_URL,
+                    remote.url(),
+                    format!("the first fetch of the key set failed: {reason}"),
+                )
+            })?;
+        }
+        Ok(verifier)
     }
 
     /// The caller a token stands for, if one of the keys signed it and its
-    /// claims hold (issuer, audience, not expired, a known role).
+    /// claims hold (issuer, audience, not expired, a known role). Uses the
+    /// JWKS keys at hand; [`Verifier::verify_fresh`] also fetches new ones.
     pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        match &self.remote {
+            Some(remote) => self.check(token, &remote.snapshot().0),
+            None => self.check(token, &[]),
+        }
+    }
+
+    /// [`Verifier::verify`], but a token naming a `kid` nobody knows makes
+    /// the JWKS be fetched again first (at most once per
+    /// `AUTH_JWKS_REFRESH_MIN_S`): how a rotated key is picked up.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Caller, TokenError> {
+        let Some(remote) = &self.remote else {
+            return self.check(token, &[]);
+        };
+        let (keys, generation) = remote.snapshot();
+        match self.check(token, &keys) {
+            Err(TokenError::Invalid(UNKNOWN_KID)) => {
+                if remote.refresh_for_unknown_kid(generation).await {
+                    self.check(token, &remote.snapshot().0)
+                } else {
+                    Err(TokenError::Invalid(UNKNOWN_KID))
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn check(&self, token: &str, remote: &[VerifyingKey]) -> Result<Caller, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
         let mut tried = false;
-        for candidate in self.keys.iter().filter(|k| {
+        for candidate in self.keys.iter().chain(remote).filter(|k| {
             k.algorithm == header.alg
                 && match (&header.kid, &k.kid) {
                     (Some(wanted), Some(kid)) => wanted == kid,
@@ -446,6 +557,9 @@ impl Verifier {
         }
         Err(TokenError::Invalid(if tried {
             "bad signature"
+        } else if header.kid.is_some() && self.remote.is_some() {
+            // Maybe a key the provider has published since the last fetch.
+            UNKNOWN_KID
         } else {
             "no key for its algorithm"
         }))
@@ -466,16 +580,42 @@ fn token_error(kind: &ErrorKind) -> TokenError {
     })
 }
 
-/// The RS256 and EdDSA keys of a JWKS document.
+/// The RS256 and EdDSA keys of a JWKS file.
 fn jwks_keys(path: &Path) -> Result<Vec<VerifyingKey>, ConfigError> {
     let bytes = read_key_file(ENV_JWKS_FILE, path)?;
-    let set: JwkSet = serde_json::from_slice(&bytes)
-        .map_err(|e| config::invalid(ENV_JWKS_FILE, path.display(), format!("not a JWKS: {e}")))?;
+    jwks_from_bytes(&bytes, ENV_JWKS_FILE, path.display(), false)
+}
+
+/// The RS256 and EdDSA keys of a JWKS document from `source`, named by
+/// `variable` in errors. `lenient` (an identity provider's set) skips
+/// encryption keys and other algorithms instead of refusing the set.
+fn jwks_from_bytes(
+    bytes: &[u8],
+    variable: &str,
+    source: impl std::fmt::Display,
+    lenient: bool,
+) -> Result<Vec<VerifyingKey>, ConfigError> {
+    let set: JwkSet = serde_json::from_slice(bytes)
+        .map_err(|e| config::invalid(variable, &source, format!("not a JWKS: {e}")))?;
     let mut keys = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
-        let bad = |reason: String| {
-            config::invalid(ENV_JWKS_FILE, path.display(), format!("key {i}: {reason}"))
-        };
+        let bad = |reason: String| config::invalid(variable, &source, format!("key {i}: {reason}"));
+        if lenient
+            && (jwk.common.public_key_use == Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                || !matches!(
+                    (&jwk.algorithm, jwk.common.key_algorithm),
+                    (
+                        AlgorithmParameters::RSA(_),
+                        None | Some(KeyAlgorithm::RS256)
+                    ) | (
+                        AlgorithmParameters::OctetKeyPair(_),
+                        None | Some(KeyAlgorithm::EdDSA)
+                    )
+                ))
+        {
+            tracing::debug!(key = i, kid = ?jwk.common.key_id, "JWKS key skipped: not an RS256 or EdDSA signing key");
+            continue;
+        }
         let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
             (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
             (AlgorithmParameters::OctetKeyPair(_), None | Some(KeyAlgorithm::EdDSA)) => {
@@ -496,9 +636,9 @@ fn jwks_keys(path: &Path) -> Result<Vec<VerifyingKey>, ConfigError> {
     }
     if keys.is_empty() {
         return Err(config::invalid(
-            ENV_JWKS_FILE,
-            path.display(),
-            "holds no key",
+            variable,
+            source,
+            "holds no RS256 or EdDSA signing key",
         ));
     }
     Ok(keys)
@@ -960,19 +1100,29 @@ impl Auth {
             .with_trusted_proxies(config.trusted_proxies.clone()))
     }
 
+    /// Loads the keys of `config` and fetches `AUTH_JWKS_URL` (see
+    /// [`Verifier::load`]): what a service calls at start.
+    pub async fn load(config: &AuthConfig) -> Result<Self, ConfigError> {
+        Ok(Self::new(Verifier::load(config).await?, config.rate_limit)
+            .with_trusted_proxies(config.trusted_proxies.clone()))
+    }
+
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
     }
 
     /// Lets `request` in (with its [`Caller`] in the extensions) or says
     /// why not.
-    fn admit<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
+    async fn admit<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
         let path = request.uri().path();
         let access = access(path);
         if access == Access::Open {
             return Ok(());
         }
-        let verified = bearer_token(request.headers()).and_then(|t| self.verifier.verify(t));
+        let verified = match bearer_token(request.headers()) {
+            Ok(token) => self.verifier.verify_fresh(token).await,
+            Err(e) => Err(e),
+        };
         let caller = match (access, verified) {
             (_, Ok(caller)) => Some(caller),
             // Registering and logging in need no token; a bad one is ignored.
@@ -1132,6 +1282,7 @@ pub struct Authenticate<S> {
 impl<S, B, RB> Service<http::Request<B>> for Authenticate<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    B: Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     RB: Default + Send + 'static,
@@ -1145,18 +1296,17 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match self.auth.admit(&mut request) {
-            Ok(()) => {
-                // The clone is fresh (not ready); keep the driven one for this call.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+        // The clone is fresh (not ready); keep the driven one for this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        // Admission only waits when a token names a kid the JWKS lacks.
+        Box::pin(async move {
+            match auth.admit(&mut request).await {
+                Ok(()) => inner.call(request).await,
+                Err(status) => Ok(status.into_http::<RB>()),
             }
-            Err(status) => {
-                let response = status.into_http::<RB>();
-                Box::pin(std::future::ready(Ok(response)))
-            }
-        }
+        })
     }
 }
 

@@ -5,14 +5,32 @@
 //! on a listener the caller bound. HTTP/1.1 is accepted beside HTTP/2 for
 //! REST and the operational routes ([`crate::health::with_ops_routes`]),
 //! in plaintext or, given a [`ServerTls`], over TLS only.
+//!
+//! One port speaks every protocol a client may use; requests are told
+//! apart by their content type:
+//!
+//! - `application/grpc*`: gRPC, served by tonic.
+//! - `application/grpc-web*` (binary and `-text`): gRPC-Web, translated to
+//!   gRPC by `tonic-web` before the call is observed and routed.
+//! - `application/proto`, `application/json`, `application/connect+*`
+//!   POSTed to `/<pkg.Service>/<Method>`: Connect ([`crate::connect`]).
+//! - anything else: REST/JSON, `/openapi.json`, `/docs` and the
+//!   operational routes.
+//!
+//! CORS ([`crate::cors`]) answers preflights in front of all of them.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tower::{Layer, Service};
 
+use crate::cors::CorsConfig;
 use crate::tls::{ServerTls, TlsIncoming};
 
 /// Largest header block an HTTP/2 request may carry. hyper's default,
@@ -40,31 +58,53 @@ pub fn reflection_routes(routes: Routes) -> anyhow::Result<Routes> {
 
 /// Serves `routes` (plus reflection) on `listener` until `shutdown` fires,
 /// then stops accepting and waits for in-flight calls to finish. With
-/// `tls`, every connection must be TLS (ALPN `h2` or `http/1.1`).
+/// `tls`, every connection must be TLS (ALPN `h2` or `http/1.1`). No CORS:
+/// see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(listener, routes, tls, CorsConfig::default(), shutdown).await
+}
+
+/// [`serve`], with CORS headers for the origins `cors` allows.
+pub async fn serve_with(
+    listener: TcpListener,
+    routes: Routes,
+    tls: Option<ServerTls>,
+    cors: CorsConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let routes = reflection_routes(routes)?;
+    let grpc = routes.into_axum_router();
     // REST/JSON for the annotated methods, /openapi.json and /docs, as the
     // fallback of the same router (see crate::rest).
     let rest_config = crate::rest::RestConfig::from_env(&crate::config::ProcessEnv)?;
-    let routes = Routes::from(
-        crate::rest::with_rest(routes.into_axum_router(), rest_config)
-            .await
-            .context("build the REST gateway")?,
-    );
+    let max_body_bytes = rest_config.max_body_bytes;
+    let app = crate::rest::with_rest(grpc.clone(), rest_config)
+        .await
+        .context("build the REST gateway")?;
+    // Connect calls are taken before routing (their paths are the gRPC
+    // ones); every other request goes on to `app`.
+    let app = crate::connect::with_connect(app, grpc, max_body_bytes)
+        .await
+        .context("build the Connect handler")?;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        // HTTP/1.1 too: Prometheus and probes call /metrics, /readyz over it.
+        // HTTP/1.1 too: Prometheus and probes call /metrics, /readyz over it,
+        // browsers call gRPC-Web, Connect and REST over it.
         .accept_http1(true)
+        // Preflights and CORS headers, outermost, when origins are allowed.
+        .layer(tower::util::option_layer(cors.layer()))
+        // gRPC-Web becomes gRPC here, so it is observed and routed as gRPC.
+        .layer(GrpcWebLayer)
         // A server span, RPC metrics and the trace id on every response.
         .layer(crate::observe::ObserveLayer)
-        .add_routes(routes);
+        .add_routes(Routes::from(app));
     match tls {
         None => {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -80,6 +120,71 @@ pub async fn serve(
         }
     }
     .context("serve gRPC")
+}
+
+/// Sends gRPC-Web requests (`application/grpc-web`, `+proto`, `-text`)
+/// through `tonic-web`'s translation and every other request straight on.
+/// (`tonic-web` on its own answers 400 to any other HTTP/1.1 request, which
+/// would take REST and the operational routes off HTTP/1.1.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcWebLayer;
+
+impl<S> Layer<S> for GrpcWebLayer {
+    type Service = GrpcWeb<S>;
+
+    fn layer(&self, inner: S) -> GrpcWeb<S> {
+        GrpcWeb { inner }
+    }
+}
+
+/// See [`GrpcWebLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcWeb<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, RB> Service<http::Request<tonic::body::Body>> for GrpcWeb<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<RB>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<tower::BoxError> + std::fmt::Display,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The clone is fresh (not ready); keep the driven one for this call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let grpc_web = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc-web"));
+        if grpc_web {
+            let mut web = tonic_web::GrpcWebLayer::new().layer(inner);
+            Box::pin(web.call(request))
+        } else {
+            let mut inner = inner;
+            let call = inner.call(request);
+            Box::pin(async move {
+                call.await
+                    .map(|response| response.map(tonic::body::Body::new))
+            })
+        }
+    }
 }
 
 /// `INVALID_ARGUMENT` naming `field`, with a `google.rpc.BadRequest` detail

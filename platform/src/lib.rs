@@ -6,7 +6,8 @@
 //! serving with reflection and health ([`grpc`]), bearer tokens, the
 //! caller's identity and rate limits on every call ([`auth`]), REST/JSON
 //! transcoded from
-//! the `google.api.http` annotations ([`rest`]), signals ([`shutdown`]),
+//! the `google.api.http` annotations ([`rest`]), Connect ([`connect`]) and
+//! CORS for browsers ([`cors`]), signals ([`shutdown`]),
 //! supervised tasks ([`tasks`]), TLS for listeners and clients ([`tls`]),
 //! and observability: logs
 //! and traces ([`telemetry`]), W3C trace context across gRPC, outbox rows
@@ -19,6 +20,8 @@
 pub mod amqp;
 pub mod auth;
 pub mod config;
+pub mod connect;
+pub mod cors;
 pub mod db;
 pub mod grpc;
 pub mod health;

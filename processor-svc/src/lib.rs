@@ -88,6 +88,9 @@ pub struct Config {
     /// TLS for the gRPC/REST port (`TLS_CERT_FILE`, `TLS_KEY_FILE`);
     /// `None` serves plaintext.
     pub tls: Option<ordermesh_platform::tls::ServerTls>,
+    /// Browser origins allowed to call the port (`CORS_ALLOWED_ORIGINS`);
+    /// none by default.
+    pub cors: ordermesh_platform::cors::CorsConfig,
     pub db_pool_size: usize,
     pub broker: BrokerConfig,
     /// The queue bound to `order.created` and `order.cancelled`; dead
@@ -153,6 +156,7 @@ impl Config {
             addr,
             database,
             tls: ordermesh_platform::tls::ServerTls::from_env(env)?,
+            cors: ordermesh_platform::cors::CorsConfig::from_env(env)?,
             db_pool_size,
             broker: BrokerConfig::from_env(env)?,
             queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
@@ -219,7 +223,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // The token keys first: without them the service does not start.
-    let auth = Arc::new(Auth::from_config(&config.auth)?);
+    let auth = Arc::new(Auth::load(&config.auth).await?);
     let signer = Arc::new(Signer::from_config(&config.auth, &config.tokens)?);
     signer.check_against(auth.verifier())?;
     let pool = ordermesh_platform::db::connect_and_migrate(
@@ -282,7 +286,13 @@ pub async fn run(
     let mut tasks = ordermesh_platform::tasks::Tasks::new(shutdown.clone());
     tasks.spawn(
         "grpc",
-        ordermesh_platform::grpc::serve(listener, routes, config.tls.clone(), shutdown.clone()),
+        ordermesh_platform::grpc::serve_with(
+            listener,
+            routes,
+            config.tls.clone(),
+            config.cors.clone(),
+            shutdown.clone(),
+        ),
     );
     tasks.spawn(
         "readiness",

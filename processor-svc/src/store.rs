@@ -12,6 +12,7 @@
 //! guarded status update make every later message a no-op.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use deadpool_postgres::Pool;
 use ordermesh_platform::auth::Role;
@@ -307,6 +308,15 @@ impl Store {
                           (SELECT status FROM payments WHERE order_id = $1) AS previous"#,
             )
             .await?;
+        // A database client span for the statement, as `outbox::enqueue`'s.
+        let span = tracing::info_span!(
+            "INSERT payments outbox",
+            otel.name = "INSERT payments outbox",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "payments accounts transactions outbox",
+        );
         let row = tx
             .query_one(
                 &decide,
@@ -327,6 +337,7 @@ impl Store {
                     &headers,
                 ],
             )
+            .instrument(span)
             .await?;
         if !row.get::<_, bool>("decided") {
             // The snapshot's row, or (when a concurrent decision committed

@@ -22,6 +22,7 @@
 //! ([`parked`]) does the same for parked outbox rows.
 
 pub mod admin;
+pub mod asyncapi;
 pub mod dlq;
 pub mod drain;
 pub mod lease;
@@ -230,6 +231,7 @@ pub async fn run(
             admin,
             config.tls.clone(),
             readiness.clone(),
+            config.broker.exchange.clone(),
             shutdown.clone(),
         ),
     );

@@ -1,8 +1,9 @@
 //! REST/JSON on the real binaries. `every_http_rule_is_called_over_rest`
 //! walks every `google.api.http` rule in the descriptor set and calls it:
 //! a newly annotated RPC fails it until [`cases`] has an entry for it. The
-//! other tests check the real services' errors as `google.rpc.Status` JSON,
-//! the OpenAPI document of each service, HTTP/2, and the body limit setting.
+//! other tests check WatchOrder as server-sent events, the real services'
+//! errors as `google.rpc.Status` JSON, the OpenAPI document of each service,
+//! HTTP/2, and the body limit setting.
 
 use std::time::Duration;
 
@@ -210,9 +211,11 @@ fn cases(customer: &str, order: &str) -> Vec<Case> {
                 "customerId": customer,
                 "items": [{"sku": "book", "quantity": 2, "unitPriceMinor": "600"}],
             })),
+            // Fields at their default value are written too.
             expect: json!({"order": {
                 "orderId": order, "totalMinor": "1200", "status": "ORDER_STATUS_PENDING",
                 "items": [{"sku": "book", "quantity": 2, "unitPriceMinor": "600"}],
+                "failureReason": "", "cancelReason": "", "refundedMinor": "0",
             }}),
             eventually: false,
         },
@@ -405,6 +408,135 @@ async fn every_http_rule_is_called_over_rest() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A server-sent-events answer read to its end (or [`PATIENCE`]): the
+/// response head and the events, each as its `event:` name ("message" when
+/// unnamed) and data; comment lines are skipped.
+async fn watch_events(
+    client: &HttpClient,
+    addr: &str,
+    path: &str,
+) -> (u16, String, Vec<(String, String)>) {
+    let request = Request::get(format!("http://{addr}{path}"))
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {}", admin_token()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer within 10 s"))
+        .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+    let status = response.status().as_u16();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => panic!("{path}: the stream did not end within {PATIENCE:?}"),
+            Ok(None) => break,
+            Ok(Some(frame)) => {
+                if let Ok(data) = frame.expect("read the body").into_data() {
+                    text.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    let text = String::from_utf8(text).expect("UTF-8");
+    let events = text
+        .split_terminator("\n\n")
+        .filter_map(|block| {
+            let mut name = "message".to_owned();
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_owned();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = Some(d.to_owned());
+                }
+            }
+            data.map(|d| (name, d))
+        })
+        .collect();
+    (status, content_type, events)
+}
+
+#[tokio::test]
+async fn watch_order_over_server_sent_events() {
+    let mesh = Mesh::start(&[]).await;
+    let client = http1();
+    let customer = format!("sse-{}", uuid::Uuid::new_v4().simple());
+    let order = format!("{customer}-order");
+    let calls = [
+        (
+            &mesh.processor_addr,
+            "/v1/accounts".to_owned(),
+            json!({"customerId": customer}),
+        ),
+        (
+            &mesh.processor_addr,
+            format!("/v1/accounts/{customer}:deposit"),
+            json!({"amountMinor": "1000", "depositId": "d1"}),
+        ),
+        (
+            &mesh.order_addr,
+            "/v1/orders".to_owned(),
+            json!({"orderId": order, "customerId": customer,
+                   "items": [{"sku": "pen", "quantity": 1, "unitPriceMinor": "300"}]}),
+        ),
+    ];
+    for (addr, path, body) in calls {
+        let answer = send(
+            &client,
+            addr,
+            Method::POST,
+            &path,
+            &[],
+            Some(body.to_string()),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+
+    // One `data:` event per WatchOrder message; the stream ends at PAID.
+    let (status, content_type, events) = watch_events(
+        &client,
+        &mesh.order_addr,
+        &format!("/v1/orders/{order}:watch"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/event-stream");
+    assert!(!events.is_empty());
+    let mut statuses = Vec::new();
+    for (name, data) in &events {
+        assert_eq!(name, "message", "{events:?}");
+        let message: Value = serde_json::from_str(data).expect("JSON data");
+        assert_eq!(message["order"]["orderId"], order.as_str());
+        assert_eq!(
+            message["order"]["refundedMinor"], "0",
+            "defaults are written"
+        );
+        statuses.push(message["order"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses.last().unwrap(), "ORDER_STATUS_PAID", "{events:?}");
+    assert!(
+        statuses[..statuses.len() - 1]
+            .iter()
+            .all(|s| s == "ORDER_STATUS_PENDING"),
+        "{statuses:?}"
+    );
+
+    // A watch that fails before its first message keeps its HTTP status
+    // and google.rpc.Status body, as without SSE.
+    let (status, content_type, events) =
+        watch_events(&client, &mesh.order_addr, "/v1/orders/no-such-order:watch").await;
+    assert_eq!((status, content_type.as_str()), (404, "application/json"));
+    assert!(events.is_empty());
 }
 
 #[tokio::test]

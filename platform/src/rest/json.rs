@@ -3,12 +3,14 @@
 //! unknown fields, then decoded with prost-reflect (so both the camelCase
 //! and the proto field names are accepted, 64-bit integers as strings or
 //! numbers, enums by name or number, Timestamps as RFC 3339); a decoding
-//! error names the field it happened at. Responses are canonical proto3
-//! JSON: camelCase names, 64-bit integers as strings, enums by name,
-//! default values left out.
+//! error names the field it happened at. Responses are proto3 JSON the way
+//! grpc-gateway users know it: camelCase names, 64-bit integers as strings,
+//! enums by name, and fields at their default value written (`"0"`, `""`,
+//! `[]`, the zero enum), so a client sees the whole resource; only fields
+//! with presence (messages, `optional`, oneofs) are left out when unset.
 
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
 };
 use serde_json::{Map, Value};
 
@@ -387,35 +389,45 @@ fn apply_query_param(
     Ok(())
 }
 
+/// How responses are written: default values included (see the module
+/// comment).
+fn response_options() -> SerializeOptions {
+    SerializeOptions::new().skip_default_fields(false)
+}
+
+/// A response message as proto3 JSON (see the module comment).
+pub fn message_json(message: &DynamicMessage) -> Result<Vec<u8>, RestError> {
+    let mut out = Vec::new();
+    message
+        .serialize_with_options(
+            &mut serde_json::Serializer::new(&mut out),
+            &response_options(),
+        )
+        .map_err(render_error)?;
+    Ok(out)
+}
+
+fn render_error(e: serde_json::Error) -> RestError {
+    RestError::internal(format!("cannot render the response: {e}"))
+}
+
 /// The response body: the message (or its `response_body` field) as
-/// canonical proto3 JSON, fields in declaration order.
+/// proto3 JSON with default values written.
 pub fn response_json(binding: &Binding, message: &DynamicMessage) -> Result<Vec<u8>, RestError> {
-    let render =
-        |e: serde_json::Error| RestError::internal(format!("cannot render the response: {e}"));
     let Some(field) = &binding.response_body else {
-        return serde_json::to_vec(message).map_err(render);
+        return message_json(message);
     };
-    if message.has_field(field) {
-        if let prost_reflect::Value::Message(inner) = message.get_field(field).as_ref() {
-            return serde_json::to_vec(inner).map_err(render);
-        }
-        let whole = serde_json::to_value(message).map_err(render)?;
-        let value = whole.get(field.json_name()).cloned().unwrap_or(Value::Null);
-        return serde_json::to_vec(&value).map_err(render);
+    if let prost_reflect::Value::Message(inner) = message.get_field(field).as_ref() {
+        // An unset message field is its default: an empty message, written
+        // with its own defaults.
+        return message_json(inner);
     }
-    // The field has its default value, which canonical JSON leaves out.
-    let value = if field.is_list() {
-        Value::Array(Vec::new())
-    } else if field.is_map() || matches!(field.kind(), Kind::Message(_)) {
-        Value::Object(Map::new())
-    } else {
-        let options = prost_reflect::SerializeOptions::new().skip_default_fields(false);
-        let all = DynamicMessage::new(message.descriptor())
-            .serialize_with_options(serde_json::value::Serializer, &options)
-            .map_err(render)?;
-        all.get(field.json_name()).cloned().unwrap_or(Value::Null)
-    };
-    serde_json::to_vec(&value).map_err(render)
+    let whole = message
+        .serialize_with_options(serde_json::value::Serializer, &response_options())
+        .map_err(render_error)?;
+    // Written unless it has presence and is unset: then null.
+    let value = whole.get(field.json_name()).cloned().unwrap_or(Value::Null);
+    serde_json::to_vec(&value).map_err(render_error)
 }
 
 #[cfg(test)]

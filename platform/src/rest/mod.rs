@@ -14,11 +14,17 @@
 //! [`with_rest`] puts it all on a server's router: it finds which services
 //! of the descriptor set the router serves, and answers every request that
 //! is not gRPC and matches no other route.
+//!
+//! Server-streaming rules answer newline-delimited JSON, or server-sent
+//! events when `Accept` asks for `text/event-stream` (browsers'
+//! `EventSource`): one `data:` event per message, a final `event: error`
+//! with the `google.rpc.Status` if the stream fails, and a comment line
+//! while it is idle.
 
 pub mod docs;
 pub mod errors;
 pub mod http_rule;
-mod invoke;
+pub(crate) mod invoke;
 pub mod json;
 pub mod openapi;
 
@@ -29,7 +35,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use prost_reflect::{DescriptorError, DescriptorPool};
@@ -58,22 +64,33 @@ pub const FORWARDED_HEADERS: &[&str] = &[
 /// The deadline header, in gRPC's `grpc-timeout` format (`100m`, `5S`).
 pub const TIMEOUT_HEADER: &str = "grpc-timeout";
 const METADATA_PREFIX: &str = "grpc-metadata-";
+/// The media type of server-sent events, which `Accept` may ask for on a
+/// server-streaming rule.
+pub const EVENT_STREAM: &str = "text/event-stream";
 /// How much earlier than `grpc-timeout` the gateway gives up (see
 /// `Gateway::handle`): more than tokio's 1 ms timer tick, so the gateway's
 /// timer fires in an earlier tick than tonic's.
 const OUTER_TIMEOUT_MARGIN: Duration = Duration::from_millis(5);
+
+/// How long an SSE stream may stay silent before the gateway sends a
+/// comment line, so proxies and browsers do not drop an idle watch.
+pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// How the REST gateway behaves.
 #[derive(Debug, Clone)]
 pub struct RestConfig {
     /// Larger request bodies are refused with 413.
     pub max_body_bytes: usize,
+    /// The keep-alive interval of SSE streams (see [`DEFAULT_SSE_KEEPALIVE`]);
+    /// a field so tests can shorten it.
+    pub sse_keepalive: Duration,
 }
 
 impl Default for RestConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            sse_keepalive: DEFAULT_SSE_KEEPALIVE,
         }
     }
 }
@@ -84,7 +101,10 @@ impl RestConfig {
         if max_body_bytes == 0 {
             return Err(config::invalid(ENV_MAX_BODY_BYTES, 0, "must be at least 1"));
         }
-        Ok(Self { max_body_bytes })
+        Ok(Self {
+            max_body_bytes,
+            ..Self::default()
+        })
     }
 }
 
@@ -331,6 +351,7 @@ impl Gateway {
         let invoker = &self.inner.invoker;
 
         if binding.method.is_server_streaming() {
+            let sse = wants_event_stream(&parts.headers);
             let (headers, mut frames) = invoker
                 .server_streaming(&binding.method, &message, metadata, extensions, deadline)
                 .await
@@ -344,28 +365,41 @@ impl Gateway {
                     frames
                         .finish()
                         .map_err(|s| RestError::from_status(&s, pool))?;
-                    return Ok(ndjson(Body::empty(), headers));
+                    return Ok(streaming(Body::empty(), headers, sse));
                 }
             };
             let binding = binding.clone();
             let pool = pool.clone();
-            let lines = futures::stream::once(async { Ok(first) })
+            let rendered = futures::stream::once(async { Ok(first) })
                 .chain(frames.into_stream())
                 .map(move |item| {
-                    let rendered = item
-                        .map_err(|s| RestError::from_status(&s, &pool))
-                        .and_then(|m| json::response_json(&binding, &m));
-                    let (key, body) = match rendered {
+                    item.map_err(|s| RestError::from_status(&s, &pool))
+                        .and_then(|m| json::response_json(&binding, &m))
+                        .map_err(|err| err.body_bytes())
+                });
+            let body = if sse {
+                let events = rendered.map(|item| match item {
+                    Ok(result) => sse_event(None, &result),
+                    Err(status) => sse_event(Some("error"), &status),
+                });
+                Body::from_stream(
+                    with_keepalive(events, self.inner.config.sse_keepalive)
+                        .map(Ok::<_, std::convert::Infallible>),
+                )
+            } else {
+                Body::from_stream(rendered.map(|item| {
+                    let (key, body) = match item {
                         Ok(result) => (&b"{\"result\":"[..], result),
-                        Err(err) => (&b"{\"error\":"[..], err.body_bytes()),
+                        Err(status) => (&b"{\"error\":"[..], status),
                     };
                     let mut line = Vec::with_capacity(key.len() + body.len() + 2);
                     line.extend_from_slice(key);
                     line.extend_from_slice(&body);
                     line.extend_from_slice(b"}\n");
                     Ok::<_, std::convert::Infallible>(Bytes::from(line))
-                });
-            return Ok(ndjson(Body::from_stream(lines), headers));
+                }))
+            };
+            return Ok(streaming(body, headers, sse));
         }
 
         let answer = invoker
@@ -382,15 +416,80 @@ impl Gateway {
     }
 }
 
-/// A streaming answer: newline-delimited JSON with the response metadata.
-fn ndjson(body: Body, metadata: HeaderMap) -> Response {
+/// A streaming answer with the response metadata: server-sent events or
+/// (the default) newline-delimited JSON.
+fn streaming(body: Body, metadata: HeaderMap, sse: bool) -> Response {
     let mut response = Response::new(body);
-    response.headers_mut().extend(metadata);
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
+    let headers = response.headers_mut();
+    headers.extend(metadata);
+    headers.insert(VARY, HeaderValue::from_static("accept"));
+    if sse {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(EVENT_STREAM));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    } else {
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+    }
     response
+}
+
+/// True when `Accept` asks for server-sent events: it lists
+/// `text/event-stream` with a q-value above that of NDJSON (wildcards
+/// never choose SSE, so NDJSON stays the default).
+pub fn wants_event_stream(headers: &HeaderMap) -> bool {
+    let mut sse = 0.0_f32;
+    let mut ndjson = 0.0_f32;
+    for value in headers.get_all(ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut params = range.split(';');
+            let media = params.next().unwrap_or_default().trim();
+            let q = params
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if media.eq_ignore_ascii_case(EVENT_STREAM) {
+                sse = sse.max(q);
+            } else if media.eq_ignore_ascii_case("application/x-ndjson") {
+                ndjson = ndjson.max(q);
+            }
+        }
+    }
+    sse > 0.0 && sse > ndjson
+}
+
+/// One server-sent event: an optional `event:` name and the data, which is
+/// one line (serialized JSON escapes line breaks).
+fn sse_event(event: Option<&str>, data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    if let Some(event) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// `events`, with a comment line (`: keep-alive`) whenever none came for
+/// `every`.
+fn with_keepalive<S>(events: S, every: Duration) -> impl futures::Stream<Item = Bytes> + Send
+where
+    S: futures::Stream<Item = Bytes> + Send + 'static,
+{
+    futures::stream::unfold(Box::pin(events), move |mut events| async move {
+        // Dropping `next()` on a timeout loses nothing: the stream keeps
+        // its place.
+        match tokio::time::timeout(every, events.next()).await {
+            Ok(Some(event)) => Some((event, events)),
+            Ok(None) => None,
+            Err(_) => Some((Bytes::from_static(b": keep-alive\n\n"), events)),
+        }
+    })
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -497,6 +596,74 @@ mod tests {
         for bad in ["", "m", "100", "123456789m", "1.5S", "-1S", "10x"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn accept_chooses_event_streams_only_when_named() {
+        let accept = |v: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(ACCEPT, HeaderValue::from_str(v).unwrap());
+            wants_event_stream(&headers)
+        };
+        assert!(!wants_event_stream(&HeaderMap::new()));
+        assert!(accept("text/event-stream"));
+        assert!(accept("Text/Event-Stream"));
+        assert!(accept("application/json, text/event-stream;q=0.5"));
+        assert!(accept("application/x-ndjson;q=0.2, text/event-stream"));
+        assert!(!accept("*/*"));
+        assert!(!accept("text/*"));
+        assert!(!accept("application/x-ndjson"));
+        assert!(!accept("text/event-stream;q=0"));
+        assert!(!accept("text/event-stream;q=0.5, application/x-ndjson"));
+        assert!(!accept("text/event-stream, application/x-ndjson"));
+    }
+
+    #[test]
+    fn events_are_one_data_line_with_an_optional_name() {
+        assert_eq!(sse_event(None, br#"{"n":1}"#), "data: {\"n\":1}\n\n");
+        assert_eq!(
+            sse_event(Some("error"), br#"{"code":14}"#),
+            "event: error\ndata: {\"code\":14}\n\n"
+        );
+    }
+
+    /// The next item of `events` that is not a keep-alive comment, and how
+    /// many comments came before it.
+    async fn next_event<S: futures::Stream<Item = Bytes> + Unpin>(
+        events: &mut S,
+    ) -> (usize, Option<Bytes>) {
+        let mut comments = 0;
+        loop {
+            let item = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("an item or the end within 10 s");
+            match item {
+                Some(item) if item == ": keep-alive\n\n" => comments += 1,
+                other => return (comments, other),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_event_streams_get_keepalive_comments() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Bytes>();
+        let mut events = Box::pin(with_keepalive(rx, Duration::from_millis(20)));
+        tx.unbounded_send(Bytes::from_static(b"data: 1\n\n"))
+            .unwrap();
+        let (_, first) = next_event(&mut events).await;
+        assert_eq!(first.unwrap(), "data: 1\n\n");
+        // Idle: comments until the next event.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.unbounded_send(Bytes::from_static(b"data: 2\n\n"))
+                .unwrap();
+        });
+        let (comments, second) = next_event(&mut events).await;
+        assert!(comments >= 1, "no keep-alive while idle");
+        assert_eq!(second.unwrap(), "data: 2\n\n");
+        sender.await.unwrap();
+        // The sender is gone: the stream ends.
+        assert_eq!(next_event(&mut events).await.1, None);
     }
 
     #[test]

@@ -122,9 +122,12 @@ pub fn document(pool: &DescriptorPool, bindings: &[Binding], title: &str) -> Val
                 annotations. Bodies are proto3 JSON: lowerCamelCase names (the proto \
                 names are accepted too), 64-bit integers as strings, enums by name, \
                 timestamps in RFC 3339. Errors are `google.rpc.Status` objects. \
+                Fields at their default value are written. \
                 Server-streaming methods answer newline-delimited JSON: one \
                 `{\"result\": ...}` per message, and `{\"error\": Status}` last if the \
-                stream fails.",
+                stream fails; with `Accept: text/event-stream` they answer server-sent \
+                events: `data: <message>` per message, `event: error` with the Status \
+                last if the stream fails.",
         },
         "tags": tags,
         "paths": paths,
@@ -143,6 +146,28 @@ pub fn document(pool: &DescriptorPool, bindings: &[Binding], title: &str) -> Val
             }},
         },
     })
+}
+
+/// JSON schemas of `messages` and of every message and enum they reference,
+/// keyed by full protobuf name, in the form [`document`] writes them; their
+/// references point to `#/components/schemas/<name>`, so the map can be an
+/// AsyncAPI document's `components.schemas` too (relay's `/asyncapi.json`).
+pub fn message_schemas(
+    pool: &DescriptorPool,
+    messages: &[MessageDescriptor],
+) -> BTreeMap<String, Value> {
+    let comments = Comments::new(pool);
+    let mut generator = Generator {
+        comments: &comments,
+        schemas: BTreeMap::new(),
+        pending: Vec::new(),
+        seen: BTreeSet::new(),
+    };
+    for m in messages {
+        generator.message_ref(m);
+    }
+    generator.drain();
+    generator.schemas
 }
 
 struct Generator<'a> {
@@ -422,11 +447,21 @@ impl Generator<'_> {
         let ok = if method.is_server_streaming() {
             json!({
                 "description": "A stream of newline-delimited JSON objects: `result` for each \
-                    message; `error` once, last, if the stream fails.",
-                "content": {"application/x-ndjson": {"schema": {
-                    "type": "object",
-                    "properties": {"result": result, "error": reference(STATUS)},
-                }}},
+                    message; `error` once, last, if the stream fails. With \
+                    `Accept: text/event-stream`, server-sent events instead: one \
+                    `data:` event per message (the message's JSON, as `result` above), \
+                    a last `event: error` whose data is a `google.rpc.Status` if the \
+                    stream fails, and `:` comment lines while it is idle.",
+                "content": {
+                    "application/x-ndjson": {"schema": {
+                        "type": "object",
+                        "properties": {"result": result, "error": reference(STATUS)},
+                    }},
+                    super::EVENT_STREAM: {"schema": {
+                        "type": "string",
+                        "description": "Server-sent events (text/event-stream).",
+                    }},
+                },
             })
         } else {
             json!({

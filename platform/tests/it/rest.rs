@@ -9,7 +9,7 @@ use ordermesh_platform::rest::{BodyMapping, RestConfig};
 use serde_json::json;
 use tonic::Code;
 
-use crate::rest_support::{app, app_with, call};
+use crate::rest_support::{app, app_with, call, echoed};
 
 #[tokio::test]
 async fn multi_segment_variable_with_verb_and_whole_body() {
@@ -26,7 +26,7 @@ async fn multi_segment_variable_with_verb_and_whole_body() {
     assert_eq!(answer.content_type(), "application/json");
     assert_eq!(
         answer.json()["request"],
-        json!({"name": "shelves/s1/books/b 1", "small": 7})
+        echoed(json!({"name": "shelves/s1/books/b 1", "small": 7}))
     );
     // The same rule does not match other shapes.
     call(&app, Method::POST, "/v1/shelves/s1:echo", &[], Some("{}"))
@@ -53,12 +53,12 @@ async fn additional_bindings_double_wildcard_and_body_field() {
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(
         answer.json()["request"],
-        json!({
+        echoed(json!({
             "name": "n1",
             "small": 3,
-            "nested": {"label": "heavy", "weight": "12"},
+            "nested": {"label": "heavy", "weight": "12", "color": "COLOR_UNSPECIFIED"},
             "payload": {"title": "Dune", "pages": "412"},
-        })
+        }))
     );
 }
 
@@ -75,9 +75,56 @@ async fn response_body_sends_one_field() {
     .await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json(), json!({"title": "T", "pages": "3"}));
-    // Unset, it is the field's default: an empty object.
+    // Fields at their default are written; unset, the field is a message
+    // at its defaults.
+    let answer = call(
+        &app,
+        Method::GET,
+        "/v1/payloads/p1?payload.title=T",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(answer.json(), json!({"title": "T", "pages": "0"}));
     let answer = call(&app, Method::GET, "/v1/payloads/p1", &[], None).await;
-    assert_eq!(answer.json(), json!({}));
+    assert_eq!(answer.json(), json!({"title": "", "pages": "0"}));
+}
+
+#[tokio::test]
+async fn default_values_are_written_and_unset_messages_left_out() {
+    let app = app();
+    let answer = call(
+        &app,
+        Method::POST,
+        "/v1/shelves/s/books/b:echo",
+        &[],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let body = answer.json();
+    assert_eq!(
+        body["request"],
+        echoed(json!({"name": "shelves/s/books/b"}))
+    );
+    // Fields with presence (messages, wrappers, Timestamps) stay out when
+    // unset; the empty map is written.
+    let request = body["request"].as_object().unwrap();
+    for unset in ["nested", "when", "maybe", "payload"] {
+        assert!(!request.contains_key(unset), "{unset} in {body}");
+    }
+    assert!(body.get("payload").is_none(), "{body}");
+    assert_eq!(body["metadata"], json!({}));
+    // Unknown request fields are still refused.
+    call(
+        &app,
+        Method::POST,
+        "/v1/shelves/s/books/b:echo",
+        &[],
+        Some(r#"{"nope": 0}"#),
+    )
+    .await
+    .assert_error(400, Code::InvalidArgument);
 }
 
 #[tokio::test]
@@ -137,8 +184,8 @@ async fn proto3_json_both_ways() {
             "maybe": 0,
             "blob": "aGk=",
             "counts": {"a": "1", "b": "2"},
-            "list": [{"label": "one"}],
-            "payload": {"title": "t"},
+            "list": [{"label": "one", "weight": "0", "color": "COLOR_UNSPECIFIED"}],
+            "payload": {"title": "t", "pages": "0"},
         })
     );
     // Snake-case names are accepted too; output stays camelCase.
@@ -183,6 +230,8 @@ async fn query_parameters_nested_repeated_and_both_names() {
             "when": "2024-01-01T00:00:00Z",
             "maybe": 4,
             "blob": "aGk=",
+            "counts": {},
+            "list": [],
         })
     );
     // camelCase and snake_case parameter names (Count's fail_code).
@@ -472,6 +521,7 @@ async fn unknown_paths_are_a_404_and_wrong_methods_a_405() {
 async fn bodies_over_the_limit_are_a_413() {
     let (app, _) = app_with(RestConfig {
         max_body_bytes: 1024,
+        ..RestConfig::default()
     });
     let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(2000));
     // Without a length (read up to the limit) and with one (refused at once).
@@ -627,6 +677,65 @@ async fn server_streaming_is_newline_delimited_json() {
 }
 
 #[tokio::test]
+async fn server_streaming_answers_server_sent_events_when_asked() {
+    let app = app();
+    let sse = [("accept", "text/event-stream")];
+    let answer = call(&app, Method::GET, "/v1/count/3", &sse, None).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.content_type(), "text/event-stream");
+    assert_eq!(answer.headers["cache-control"], "no-cache");
+    assert_eq!(answer.headers["vary"], "accept");
+    assert_eq!(
+        answer.text,
+        "data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: {\"n\":3}\n\n"
+    );
+    // A failure mid-stream is a last event named `error` whose data is
+    // the google.rpc.Status the gateway answers errors with.
+    let answer = call(&app, Method::GET, "/v1/count/1?fail_code=14", &sse, None).await;
+    assert_eq!(answer.status, 200);
+    let events: Vec<&str> = answer.text.split_terminator("\n\n").collect();
+    assert_eq!(events.len(), 2, "{answer:?}");
+    assert_eq!(events[0], "data: {\"n\":1}");
+    let data = events[1]
+        .strip_prefix("event: error\ndata: ")
+        .unwrap_or_else(|| panic!("not an error event: {answer:?}"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(data).unwrap(),
+        json!({"code": 14, "message": "failed mid-stream", "details": []})
+    );
+    // A failure before the first message keeps its HTTP status (EventSource
+    // then stops instead of reconnecting).
+    let answer = call(&app, Method::GET, "/v1/count/0?fail_code=5", &sse, None).await;
+    answer.assert_error(404, Code::NotFound);
+    // An empty stream: an empty event stream.
+    let answer = call(&app, Method::GET, "/v1/count/0", &sse, None).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type(), "text/event-stream");
+    assert_eq!(answer.text, "");
+    // NDJSON stays the default: no Accept, wildcards, or NDJSON preferred.
+    for accept in [
+        "*/*",
+        "application/json",
+        "text/event-stream;q=0.5, application/x-ndjson",
+    ] {
+        let answer = call(
+            &app,
+            Method::GET,
+            "/v1/count/1",
+            &[("accept", accept)],
+            None,
+        )
+        .await;
+        assert_eq!(answer.content_type(), "application/x-ndjson", "{accept}");
+        assert_eq!(answer.text, "{\"result\":{\"n\":1}}\n", "{accept}");
+    }
+    // A unary rule ignores the wish.
+    let answer = call(&app, Method::GET, "/v1/cache/1", &sse, None).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type(), "application/json");
+}
+
+#[tokio::test]
 async fn openapi_document_covers_every_binding() {
     let (app, gateway) = app_with(RestConfig::default());
     let answer = call(&app, Method::GET, "/openapi.json", &[], None).await;
@@ -750,6 +859,12 @@ async fn openapi_document_covers_every_binding() {
     );
     let count = &doc["paths"]["/v1/count/{count}"]["get"]["responses"]["200"];
     assert!(count["content"]["application/x-ndjson"]["schema"]["properties"]["result"].is_object());
+    assert_eq!(
+        count["content"]["text/event-stream"]["schema"]["type"],
+        "string"
+    );
+    // Unary operations answer JSON only.
+    assert!(payload["content"].get("text/event-stream").is_none());
     assert_eq!(doc["tags"][0]["name"], "TestService");
     assert_eq!(doc["tags"][0]["description"], "Answers what it was sent.");
 }

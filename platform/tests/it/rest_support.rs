@@ -312,3 +312,28 @@ pub async fn call(
         text: String::from_utf8(bytes.to_vec()).expect("UTF-8 body"),
     }
 }
+
+/// An `EchoRequest` as the gateway writes it: every field without presence
+/// at its default value, then the fields of `set` (an object; nested
+/// messages given whole).
+pub fn echoed(set: Value) -> Value {
+    let mut all = serde_json::json!({
+        "name": "",
+        "big": "0",
+        "ubig": "0",
+        "small": 0,
+        "flag": false,
+        "ratio": 0.0,
+        "color": "COLOR_UNSPECIFIED",
+        "tags": [],
+        "colors": [],
+        "blob": "",
+        "counts": {},
+        "list": [],
+    });
+    let Value::Object(set) = set else {
+        panic!("echoed() takes an object")
+    };
+    all.as_object_mut().expect("an object").extend(set);
+    all
+}

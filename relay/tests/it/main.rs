@@ -1,6 +1,7 @@
 //! Relay integration tests against the local PostgreSQL and RabbitMQ. Each
 //! test has its own database and exchange.
 
+mod asyncapi;
 mod dlq;
 mod helpers;
 mod parked;

@@ -214,8 +214,8 @@ way for processor-svc to sign the tokens it issues.
 {{- if and $asym (not $a.publicKeysSecret) }}
 {{- fail "auth.publicKeys / auth.jwksKey name keys of a Secret: set auth.publicKeysSecret to that Secret's name" }}
 {{- end }}
-{{- if not (or (include "ordermesh.authHs256" .) $asym) }}
-{{- fail "order-svc and processor-svc need a bearer-token verification key, and the chart does not make one up: set auth.jwtSecret (HS256, at least 32 bytes, e.g. --set auth.jwtSecret=\"$(openssl rand -hex 32)\"), or auth.existingSecret (a Secret you manage with the secret under auth.existingSecretKey, default jwt-secret), or auth.publicKeysSecret with auth.publicKeys / auth.jwksKey (RS256/EdDSA, plus auth.signingKeySecret)" }}
+{{- if not (or (include "ordermesh.authHs256" .) $asym $a.jwksUrl) }}
+{{- fail "order-svc and processor-svc need a bearer-token verification key, and the chart does not make one up: set auth.jwtSecret (HS256, at least 32 bytes, e.g. --set auth.jwtSecret=\"$(openssl rand -hex 32)\"), or auth.existingSecret (a Secret you manage with the secret under auth.existingSecretKey, default jwt-secret), or auth.publicKeysSecret with auth.publicKeys / auth.jwksKey (RS256/EdDSA, plus auth.signingKeySecret), or auth.jwksUrl (an identity provider's JWKS endpoint)" }}
 {{- end }}
 {{- if not (or (include "ordermesh.authHs256" .) $a.signingKeySecret) }}
 {{- fail "processor-svc signs the tokens it issues with auth.signingKeySecret (a PEM private key) or, without it, with the HS256 secret: set auth.signingKeySecret, auth.jwtSecret or auth.existingSecret" }}

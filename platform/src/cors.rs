@@ -1,0 +1,148 @@
+//! CORS for browser clients of a service port (gRPC-Web, Connect, REST),
+//! from an explicit allow-list of origins. With none configured (the
+//! default) no CORS header is ever sent, so browsers on other origins are
+//! refused by their own same-origin policy.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::{self, ConfigError, Env};
+
+/// Comma-separated origins (`https://app.example.com,http://localhost:5173`)
+/// whose pages may call the port from a browser.
+pub const ENV_CORS_ALLOWED_ORIGINS: &str = "CORS_ALLOWED_ORIGINS";
+pub const DEFAULT_CORS_ALLOWED_ORIGINS: &str = "";
+
+/// Request headers a browser may send: the bearer token, the three
+/// protocols' own headers and trace context.
+pub const ALLOWED_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "grpc-timeout",
+    "x-grpc-web",
+    "x-user-agent",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+];
+
+/// Response headers a page's script may read: gRPC-Web puts the status in
+/// headers when there is no message, and the trace id links a call to
+/// its trace.
+pub const EXPOSED_HEADERS: &[&str] = &[
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-trace-id",
+    "traceparent",
+];
+
+/// How long a browser may cache a preflight answer.
+const MAX_AGE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Which origins may call from a browser.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Exact origins (scheme, host and port as a browser sends them).
+    pub allowed_origins: Vec<HeaderValue>,
+}
+
+impl CorsConfig {
+    /// Reads [`ENV_CORS_ALLOWED_ORIGINS`]; every entry must be an origin
+    /// (`http` or `https`, a host, an optional port, nothing after).
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let text = config::string(env, ENV_CORS_ALLOWED_ORIGINS, DEFAULT_CORS_ALLOWED_ORIGINS);
+        let allowed_origins = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|origin| {
+                parse_origin(origin)
+                    .map_err(|reason| config::invalid(ENV_CORS_ALLOWED_ORIGINS, origin, reason))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { allowed_origins })
+    }
+
+    /// The CORS layer, or `None` when no origin is allowed.
+    pub fn layer(&self) -> Option<CorsLayer> {
+        if self.allowed_origins.is_empty() {
+            return None;
+        }
+        let names = |list: &[&'static str]| -> Vec<HeaderName> {
+            list.iter().map(|h| HeaderName::from_static(h)).collect()
+        };
+        Some(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(self.allowed_origins.clone()))
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers(names(ALLOWED_HEADERS))
+                .expose_headers(names(EXPOSED_HEADERS))
+                .max_age(MAX_AGE),
+        )
+    }
+}
+
+fn parse_origin(origin: &str) -> Result<HeaderValue, &'static str> {
+    if origin == "*" {
+        return Err("list the origins; a wildcard is not accepted");
+    }
+    let uri: http::Uri = origin
+        .parse()
+        .map_err(|_| "expected an origin such as https://app.example.com")?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("an origin starts with http:// or https://");
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("an origin names a host");
+    }
+    // Nothing after the authority: `https://a.example/` is not an origin a
+    // browser sends.
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    if origin != format!("{}://{authority}", uri.scheme_str().unwrap_or_default()) {
+        return Err("an origin has no path (and no trailing slash)");
+    }
+    HeaderValue::from_str(origin).map_err(|_| "not a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(value: &str) -> HashMap<String, String> {
+        HashMap::from([(ENV_CORS_ALLOWED_ORIGINS.to_owned(), value.to_owned())])
+    }
+
+    #[test]
+    fn origins_from_env() {
+        let none = CorsConfig::from_env(&HashMap::<String, String>::new()).unwrap();
+        assert!(none.allowed_origins.is_empty());
+        assert!(none.layer().is_none());
+
+        let two = CorsConfig::from_env(&env(" https://app.example.com, http://localhost:5173 ,"))
+            .unwrap();
+        assert_eq!(
+            two.allowed_origins,
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        assert!(two.layer().is_some());
+
+        for bad in [
+            "*",
+            "app.example.com",
+            "ftp://app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://",
+        ] {
+            let err = CorsConfig::from_env(&env(bad)).unwrap_err();
+            assert_eq!(err.name, ENV_CORS_ALLOWED_ORIGINS, "{bad}");
+        }
+    }
+}
