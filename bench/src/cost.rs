@@ -1,11 +1,13 @@
 //! What one order costs PostgreSQL at a trickle: SQL statements and commits
 //! per order in each service's database, orders sent one at a time.
 //!
-//! Commits come from `pg_stat_database.xact_commit` (every statement outside
-//! an explicit transaction is a commit of its own). Statements come from the
-//! server's log with `log_statement = all`, switched on for the measurement
-//! (`ALTER SYSTEM`, then reset): one `statement:` or `execute` line per
-//! statement, attributed by the `user@database` of the log line prefix. The
+//! Statements come from the server's log with `log_statement = all`,
+//! switched on for the measurement (`ALTER SYSTEM`, then reset): one
+//! `statement:` or `execute` line per statement, attributed by the
+//! `user@database` of the log line prefix. Commits too: each `COMMIT`, and
+//! each statement a backend runs outside `BEGIN ... COMMIT` (its own
+//! transaction). Without the log, commits come from
+//! `pg_stat_database.xact_commit`, which lags up to 10 s per backend. The
 //! log file is `BENCH_PG_LOG` or Debian's `/var/log/postgresql/
 //! postgresql-*-main.log`; when it cannot be read, statements are not
 //! counted. Background work (readiness probes, the relay's backlog gauge and
@@ -26,6 +28,10 @@ use crate::observe::{Registry, Step};
 /// PostgreSQL 15 flushes a backend's statistics up to 10 s after its last
 /// transaction: wait that long before reading them.
 const STATS_LAG: Duration = Duration::from_millis(11_000);
+
+/// The pause between two orders of the trickle, longer than the relay's
+/// `RELAY_IDLE_AFTER_MS`.
+const TRICKLE_GAP: Duration = Duration::from_millis(300);
 
 /// One database's share of an order.
 #[derive(Debug, Clone, Serialize)]
@@ -63,12 +69,17 @@ pub async fn trickle(
 ) -> anyhow::Result<Cost> {
     let (admin, driver) = connect(server_url).await?;
     let log = log_file();
+    // One statement each: ALTER SYSTEM refuses to run in the implicit
+    // transaction of a multi-statement query.
     admin
-        .batch_execute("ALTER SYSTEM SET log_statement = 'all'; SELECT pg_reload_conf()")
+        .batch_execute("ALTER SYSTEM SET log_statement = 'all'")
         .await
         .context("turn the statement log on")?;
+    admin.batch_execute("SELECT pg_reload_conf()").await?;
     let result = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The statistics of the steps before must land before the first
+        // snapshot, not in the busy window.
+        tokio::time::sleep(STATS_LAG).await;
         // Busy: the orders, then the stragglers' statistics.
         let before = snapshot(&admin, databases, log.as_ref()).await?;
         let started = Instant::now();
@@ -92,8 +103,17 @@ pub async fn trickle(
         let idle_lines = lines(idle_from.log_len, idle_log);
         let mut per_database = Vec::new();
         for (i, (label, name)) in databases.iter().enumerate() {
-            let busy = (after.commits[i] - before.commits[i]) as f64;
-            let idle = (idle_to.commits[i] - idle_from.commits[i]) as f64;
+            // The log's count where it can be read: the statistics reach
+            // pg_stat_database up to 10 s late, per backend.
+            let (busy, idle) = match (&busy_lines, &idle_lines) {
+                (Some(b), Some(i)) => {
+                    (count_commits(b, name) as f64, count_commits(i, name) as f64)
+                }
+                _ => (
+                    (after.commits[i] - before.commits[i]) as f64,
+                    (idle_to.commits[i] - idle_from.commits[i]) as f64,
+                ),
+            };
             let statements = match (&busy_lines, &idle_lines) {
                 (Some(b), Some(i)) => Some(
                     (count_statements(b, name) as f64 - count_statements(i, name) as f64)
@@ -122,9 +142,10 @@ pub async fn trickle(
     }
     .await;
     admin
-        .batch_execute("ALTER SYSTEM RESET log_statement; SELECT pg_reload_conf()")
+        .batch_execute("ALTER SYSTEM RESET log_statement")
         .await
         .context("turn the statement log off")?;
+    admin.batch_execute("SELECT pg_reload_conf()").await?;
     driver.abort();
     result
 }
@@ -161,6 +182,8 @@ async fn send(
             anyhow::ensure!(Instant::now() < deadline, "order {i} did not settle");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // A trickle: the relay stays in its idle, NOTIFY-driven mode.
+        tokio::time::sleep(TRICKLE_GAP).await;
     }
     Ok(())
 }
@@ -218,13 +241,54 @@ fn read_range(log: &PathBuf, from: u64, to: u64) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// Statements the log shows for `database` (the prefix `user@database `).
-fn count_statements(log: &str, database: &str) -> usize {
+/// The SQL of each statement the log shows for `database` (the prefix
+/// `user@database `), with the backend's pid.
+fn statements<'a>(log: &'a str, database: &str) -> impl Iterator<Item = (&'a str, &'a str)> {
     let tag = format!("@{database} ");
-    log.lines()
-        .filter(|l| l.contains(&tag))
-        .filter(|l| l.contains(" LOG:  statement: ") || l.contains(" LOG:  execute "))
-        .count()
+    log.lines().filter_map(move |l| {
+        if !l.contains(&tag) {
+            return None;
+        }
+        let sql = match l.split_once(" LOG:  statement: ") {
+            Some((_, sql)) => sql,
+            None => l.split_once(" LOG:  execute ")?.1.split_once(": ")?.1,
+        };
+        let pid = l.split_once(" [")?.1.split_once(']')?.0;
+        Some((pid, sql))
+    })
+}
+
+/// Statements the log shows for `database`.
+fn count_statements(log: &str, database: &str) -> usize {
+    statements(log, database).count()
+}
+
+/// Transactions committed in `database`, as the log shows them: each
+/// `COMMIT`, and each statement outside `BEGIN ... COMMIT` (its own
+/// transaction), per backend.
+fn count_commits(log: &str, database: &str) -> usize {
+    let mut in_transaction: std::collections::HashMap<&str, bool> = Default::default();
+    let mut commits = 0;
+    for (pid, sql) in statements(log, database) {
+        let word = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(';')
+            .to_ascii_uppercase();
+        let open = in_transaction.entry(pid).or_default();
+        match word.as_str() {
+            "BEGIN" | "START" => *open = true,
+            "COMMIT" | "END" => {
+                commits += 1;
+                *open = false;
+            }
+            "ROLLBACK" | "ABORT" => *open = false,
+            _ if !*open => commits += 1,
+            _ => {}
+        }
+    }
+    commits
 }
 
 #[cfg(test)]
@@ -241,5 +305,13 @@ mod tests {
 ";
         assert_eq!(super::count_statements(log, "om_test_a"), 2);
         assert_eq!(super::count_statements(log, "om_test_b"), 1);
+        // om_test_a: BEGIN, INSERT and no COMMIT yet; om_test_b: one
+        // statement of its own.
+        assert_eq!(super::count_commits(log, "om_test_a"), 0);
+        assert_eq!(super::count_commits(log, "om_test_b"), 1);
+        let more = format!(
+            "{log}2026-12-04 19:00:00.005 UTC [1] postgres@om_test_a LOG:  statement: COMMIT\n2026-12-04 19:00:00.006 UTC [3] postgres@om_test_a LOG:  execute s1: WITH x AS (INSERT ...) SELECT 1\n"
+        );
+        assert_eq!(super::count_commits(&more, "om_test_a"), 2);
     }
 }
