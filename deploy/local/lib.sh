@@ -241,3 +241,52 @@ om_rabbit_delete_prefix() {
   printf 'RabbitMQ (vhost %s): deleted %d queue(s), %d exchange(s) named %s*\n' \
     "$vhost" "${#doomed_q[@]}" "${#doomed_x[@]}" "$prefix"
 }
+
+# Prints `count` free local TCP ports, all different (bound at once, then
+# released).
+om_free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+PY
+}
+
+# The environment of a throw-away mesh's three binaries, one NAME=VALUE per
+# line, from the caller's order_addr, processor_addr, relay_addr, pg_server,
+# order_db, processor_db, amqp_url, prefix and auth_secret.
+om_mesh_env() {
+  local orders processor
+  orders=$(om_url_with_db "$pg_server" "$order_db")
+  processor=$(om_url_with_db "$pg_server" "$processor_db")
+  printf '%s\n' \
+    "ORDER_SVC_ADDR=$order_addr" \
+    "PROCESSOR_SVC_ADDR=$processor_addr" \
+    "RELAY_ADMIN_ADDR=$relay_addr" \
+    "ORDER_DATABASE_URL=$orders" \
+    "PROCESSOR_DATABASE_URL=$processor" \
+    "RELAY_SOURCES=$orders,$processor" \
+    "AMQP_URL=$amqp_url" \
+    "AMQP_EXCHANGE=$prefix.events" \
+    "ORDER_QUEUE=$prefix.order-svc.payment-results" \
+    "PROCESSOR_QUEUE=$prefix.processor-svc.order-created" \
+    "AUTH_JWT_SECRET=$auth_secret"
+}
+
+# Drops the databases named after `server` (a PostgreSQL URL), warning about
+# any it cannot drop.
+om_drop_databases() {
+  local server=$1 db
+  shift
+  if ! command -v psql >/dev/null; then
+    om_warn "psql not found: databases $* not dropped"
+    return 0
+  fi
+  for db in "$@"; do
+    PGOPTIONS="-c client_min_messages=warning" psql "$server" -wXqAt -v ON_ERROR_STOP=1 \
+      -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null ||
+      om_warn "could not drop database $db"
+  done
+}

@@ -22,12 +22,7 @@ cd "$OM_ROOT"
 
 start_timeout=${PROTOCOLS_START_TIMEOUT:-90}
 id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
-ports=$(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))')
+ports=$(om_free_ports 3)
 read -r order_port processor_port relay_port <<<"$ports"
 order_addr=127.0.0.1:$order_port
 processor_addr=127.0.0.1:$processor_port
@@ -46,21 +41,13 @@ other_origin=http://elsewhere.test
 started=()
 
 cleanup() {
-  local rc=$? db
+  local rc=$?
   set +e
   trap '' INT TERM
   if ((${#started[@]} > 0)); then
     om_stop_all 15 "${started[@]}"
   fi
-  if command -v psql >/dev/null; then
-    for db in "$order_db" "$processor_db"; do
-      PGOPTIONS="-c client_min_messages=warning" psql "$pg_server" -wXqAt -v ON_ERROR_STOP=1 \
-        -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null ||
-        om_warn "could not drop database $db"
-    done
-  else
-    om_warn "psql not found: databases $order_db, $processor_db not dropped"
-  fi
+  om_drop_databases "$pg_server" "$order_db" "$processor_db"
   om_rabbit_delete_prefix "$(om_amqp_vhost "$amqp_url")" "$prefix." >/dev/null
   if ((rc != 0)); then
     printf 'protocols: logs and answers kept in %s\n' "${work#"$OM_ROOT"/}" >&2
@@ -75,19 +62,9 @@ trap 'exit 143' TERM
 
 start() {
   local name=$1 check=$2 addr=$3 pid
-  pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" \
-    ORDER_SVC_ADDR="$order_addr" \
-    PROCESSOR_SVC_ADDR="$processor_addr" \
-    RELAY_ADMIN_ADDR="$relay_addr" \
-    ORDER_DATABASE_URL="$(om_url_with_db "$pg_server" "$order_db")" \
-    PROCESSOR_DATABASE_URL="$(om_url_with_db "$pg_server" "$processor_db")" \
-    RELAY_SOURCES="$(om_url_with_db "$pg_server" "$order_db"),$(om_url_with_db "$pg_server" "$processor_db")" \
-    AMQP_URL="$amqp_url" \
-    AMQP_EXCHANGE="$prefix.events" \
-    ORDER_QUEUE="$prefix.order-svc.payment-results" \
-    PROCESSOR_QUEUE="$prefix.processor-svc.order-created" \
-    AUTH_JWT_SECRET="$auth_secret" \
-    CORS_ALLOWED_ORIGINS="$allowed_origin")
+  local mesh_env
+  mapfile -t mesh_env < <(om_mesh_env)
+  pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" "${mesh_env[@]}" CORS_ALLOWED_ORIGINS="$allowed_origin")
   started+=("$name:$pid")
   om_wait_healthy "$name" "$pid" "$work/$name.log" "$check" "$addr" "$((SECONDS + start_timeout))"
   om_say "$name is healthy on $addr (pid $pid)"

@@ -126,15 +126,7 @@ impl Store {
             .await
             .context("prepare the order insert")?;
         let headers = event.headers_json();
-        // A database client span for the statement, as `outbox::enqueue`'s.
-        let span = tracing::info_span!(
-            "INSERT orders outbox",
-            otel.name = "INSERT orders outbox",
-            otel.kind = "client",
-            db.system.name = "postgresql",
-            db.operation.name = "INSERT",
-            db.collection.name = "orders outbox",
-        );
+        let span = outbox::write_span("INSERT orders outbox", "orders outbox");
         let inserted = client
             .query_opt(
                 &insert,

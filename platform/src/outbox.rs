@@ -70,6 +70,21 @@ impl OutboxEvent {
     }
 }
 
+/// The database client span of a statement that writes outbox rows
+/// together with the state change they belong to (a data-modifying CTE
+/// instead of [`enqueue`]): `name` is its span name (`INSERT orders
+/// outbox`), `collections` the tables it writes.
+pub fn write_span(name: &'static str, collections: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "outbox write",
+        otel.name = name,
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = collections,
+    )
+}
+
 /// Inserts the event into the outbox of the transaction's database.
 #[tracing::instrument(
     skip_all,

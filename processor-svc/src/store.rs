@@ -308,14 +308,9 @@ impl Store {
                           (SELECT status FROM payments WHERE order_id = $1) AS previous"#,
             )
             .await?;
-        // A database client span for the statement, as `outbox::enqueue`'s.
-        let span = tracing::info_span!(
+        let span = outbox::write_span(
             "INSERT payments outbox",
-            otel.name = "INSERT payments outbox",
-            otel.kind = "client",
-            db.system.name = "postgresql",
-            db.operation.name = "INSERT",
-            db.collection.name = "payments accounts transactions outbox",
+            "payments accounts transactions outbox",
         );
         let row = tx
             .query_one(

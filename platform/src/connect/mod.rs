@@ -42,7 +42,7 @@ use tower::ServiceExt as _;
 
 pub use error::{ConnectError, code_name};
 
-use crate::rest::invoke::{Frames, Invoker};
+use crate::rest::invoke::{Frames, Invoker, forwarded_extensions};
 
 /// The protocol version header; when sent it must be `1`.
 pub const PROTOCOL_VERSION_HEADER: &str = "connect-protocol-version";
@@ -568,20 +568,6 @@ fn request_metadata(headers: &HeaderMap) -> HeaderMap {
         })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
-}
-
-/// What the in-process call keeps of the request's extensions: the peer
-/// address, which anonymous callers are rate-limited by.
-fn forwarded_extensions(outer: &http::Extensions) -> http::Extensions {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let mut extensions = http::Extensions::new();
-    if let Some(info) = outer.get::<TcpConnectInfo>() {
-        extensions.insert(info.clone());
-    }
-    if let Some(info) = outer.get::<TlsConnectInfo<TcpConnectInfo>>() {
-        extensions.insert(info.clone());
-    }
-    extensions
 }
 
 /// Adds Connect for the services of the ordermesh descriptor set that

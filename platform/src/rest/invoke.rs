@@ -299,3 +299,18 @@ impl Frames {
         })
     }
 }
+
+/// What the in-process call keeps of the HTTP request's extensions: the
+/// connection's peer address, which anonymous callers are rate-limited by
+/// ([`crate::auth`]).
+pub(crate) fn forwarded_extensions(outer: &http::Extensions) -> http::Extensions {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let mut extensions = http::Extensions::new();
+    if let Some(info) = outer.get::<TcpConnectInfo>() {
+        extensions.insert(info.clone());
+    }
+    if let Some(info) = outer.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        extensions.insert(info.clone());
+    }
+    extensions
+}

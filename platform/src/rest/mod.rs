@@ -46,7 +46,7 @@ use tower::ServiceExt as _;
 use crate::config::{self, ConfigError, Env};
 pub use errors::RestError;
 pub use http_rule::{Binding, BodyMapping, PathTemplate};
-use invoke::Invoker;
+use invoke::{Invoker, forwarded_extensions};
 
 pub const ENV_MAX_BODY_BYTES: &str = "REST_MAX_BODY_BYTES";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -542,21 +542,6 @@ fn request_deadline(headers: &HeaderMap) -> Result<Option<Instant>, RestError> {
     Ok(Some(
         Instant::now() + timeout.saturating_sub(OUTER_TIMEOUT_MARGIN),
     ))
-}
-
-/// What the in-process call keeps of the HTTP request's extensions: the
-/// connection's peer address, which anonymous callers are rate-limited by
-/// ([`crate::auth`]).
-fn forwarded_extensions(outer: &http::Extensions) -> http::Extensions {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let mut extensions = http::Extensions::new();
-    if let Some(info) = outer.get::<TcpConnectInfo>() {
-        extensions.insert(info.clone());
-    }
-    if let Some(info) = outer.get::<TlsConnectInfo<TcpConnectInfo>>() {
-        extensions.insert(info.clone());
-    }
-    extensions
 }
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit.
