@@ -77,68 +77,20 @@ pub async fn trickle(
         .context("turn the statement log on")?;
     admin.batch_execute("SELECT pg_reload_conf()").await?;
     let result = async {
-        // The statistics of the steps before must land before the first
-        // snapshot, not in the busy window.
-        tokio::time::sleep(STATS_LAG).await;
-        // Busy: the orders, then the stragglers' statistics.
-        let before = snapshot(&admin, databases, log.as_ref()).await?;
-        let started = Instant::now();
-        send(clients, registry, step_id, orders).await?;
-        // order-svc applies the result just after the bench sees it.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let busy_for = started.elapsed();
-        let busy_log = log_len(log.as_ref());
-        tokio::time::sleep(STATS_LAG).await;
-        let after = snapshot(&admin, databases, log.as_ref()).await?;
-        // Idle as long, for the background.
-        let idle_from = snapshot(&admin, databases, log.as_ref()).await?;
-        tokio::time::sleep(busy_for).await;
-        let idle_log = log_len(log.as_ref());
-        tokio::time::sleep(STATS_LAG).await;
-        let idle_to = snapshot(&admin, databases, log.as_ref()).await?;
-        let lines = |from: Option<u64>, to: Option<u64>| -> Option<String> {
-            read_range(log.as_ref()?, from?, to?)
+        let windows = Windows {
+            admin: &admin,
+            databases,
+            log: log.as_ref(),
         };
-        let busy_lines = lines(before.log_len, busy_log);
-        let idle_lines = lines(idle_from.log_len, idle_log);
-        let mut per_database = Vec::new();
-        for (i, (label, name)) in databases.iter().enumerate() {
-            // The log's count where it can be read: the statistics reach
-            // pg_stat_database up to 10 s late, per backend.
-            let (busy, idle) = match (&busy_lines, &idle_lines) {
-                (Some(b), Some(i)) => {
-                    (count_commits(b, name) as f64, count_commits(i, name) as f64)
-                }
-                _ => (
-                    (after.commits[i] - before.commits[i]) as f64,
-                    (idle_to.commits[i] - idle_from.commits[i]) as f64,
-                ),
-            };
-            let statements = match (&busy_lines, &idle_lines) {
-                (Some(b), Some(i)) => Some(
-                    (count_statements(b, name) as f64 - count_statements(i, name) as f64)
-                        / orders as f64,
-                ),
-                _ => None,
-            };
-            per_database.push(DbCost {
-                database: (*label).to_owned(),
-                statements: statements.map(crate::stats::r3),
-                commits: crate::stats::r3((busy - idle) / orders as f64),
-            });
-        }
-        let statements = per_database
+        let (busy, idle) = windows
+            .measure(|| send(clients, registry, step_id, orders))
+            .await?;
+        let per_database = databases
             .iter()
-            .map(|d| d.statements)
-            .sum::<Option<f64>>()
-            .map(crate::stats::r3);
-        let commits = crate::stats::r3(per_database.iter().map(|d| d.commits).sum());
-        anyhow::Ok(Cost {
-            orders,
-            per_database,
-            statements,
-            commits,
-        })
+            .enumerate()
+            .map(|(i, (label, name))| db_cost(label, name, i, &busy, &idle, orders))
+            .collect();
+        anyhow::Ok(Cost::sum(orders, per_database))
     }
     .await;
     admin
@@ -148,6 +100,113 @@ pub async fn trickle(
     admin.batch_execute("SELECT pg_reload_conf()").await?;
     driver.abort();
     result
+}
+
+/// What the databases did over a stretch of time: their counters at both
+/// ends, and the server log written meanwhile (when it can be read).
+struct Window {
+    from: Snapshot,
+    to: Snapshot,
+    lines: Option<String>,
+}
+
+impl Window {
+    /// Commits in database `i` by the statistics.
+    fn stat_commits(&self, i: usize) -> f64 {
+        (self.to.commits[i] - self.from.commits[i]) as f64
+    }
+}
+
+/// Reads the counters of `databases` around a busy and an idle window.
+struct Windows<'a> {
+    admin: &'a tokio_postgres::Client,
+    databases: &'a [(&'a str, &'a str)],
+    log: Option<&'a PathBuf>,
+}
+
+impl Windows<'_> {
+    /// Busy: `work`, then the stragglers' statistics. Then idle as long,
+    /// for the background.
+    async fn measure<F, Fut>(&self, work: F) -> anyhow::Result<(Window, Window)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        // The statistics of the steps before must land before the first
+        // snapshot, not in the busy window.
+        tokio::time::sleep(STATS_LAG).await;
+        let before = self.snapshot().await?;
+        let started = Instant::now();
+        work().await?;
+        // order-svc applies the result just after the bench sees it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let busy_for = started.elapsed();
+        let busy_log = log_len(self.log);
+        tokio::time::sleep(STATS_LAG).await;
+        let after = self.snapshot().await?;
+        let idle_from = self.snapshot().await?;
+        tokio::time::sleep(busy_for).await;
+        let idle_log = log_len(self.log);
+        tokio::time::sleep(STATS_LAG).await;
+        let idle_to = self.snapshot().await?;
+        let busy = self.window(before, after, busy_log);
+        let idle = self.window(idle_from, idle_to, idle_log);
+        Ok((busy, idle))
+    }
+
+    async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        snapshot(self.admin, self.databases, self.log).await
+    }
+
+    /// The window from `from` to `to`, its log read up to `log_end`.
+    fn window(&self, from: Snapshot, to: Snapshot, log_end: Option<u64>) -> Window {
+        let lines = read_between(self.log, from.log_len, log_end);
+        Window { from, to, lines }
+    }
+}
+
+/// Database `i`'s share of an order: busy minus idle, per order.
+fn db_cost(
+    label: &str,
+    name: &str,
+    i: usize,
+    busy: &Window,
+    idle: &Window,
+    orders: usize,
+) -> DbCost {
+    let (commits, statements) = match (&busy.lines, &idle.lines) {
+        // The log's count where it can be read: the statistics reach
+        // pg_stat_database up to 10 s late, per backend.
+        (Some(busy), Some(idle)) => (
+            count_commits(busy, name) as f64 - count_commits(idle, name) as f64,
+            Some(count_statements(busy, name) as f64 - count_statements(idle, name) as f64),
+        ),
+        _ => (busy.stat_commits(i) - idle.stat_commits(i), None),
+    };
+    DbCost {
+        database: label.to_owned(),
+        statements: statements.map(|s| crate::stats::r3(s / orders as f64)),
+        commits: crate::stats::r3(commits / orders as f64),
+    }
+}
+
+impl Cost {
+    /// The databases' shares and their sum (no statements when any
+    /// database's are unknown).
+    fn sum(orders: usize, per_database: Vec<DbCost>) -> Self {
+        let statements = per_database
+            .iter()
+            .map(|d| d.statements)
+            .sum::<Option<f64>>()
+            .map(crate::stats::r3);
+        let commits = crate::stats::r3(per_database.iter().map(|d| d.commits).sum());
+        Cost {
+            orders,
+            per_database,
+            statements,
+            commits,
+        }
+    }
 }
 
 async fn connect(
@@ -230,6 +289,11 @@ fn log_file() -> Option<PathBuf> {
 
 fn log_len(log: Option<&PathBuf>) -> Option<u64> {
     std::fs::metadata(log?).ok().map(|m| m.len())
+}
+
+/// The log between two lengths, when all three are known.
+fn read_between(log: Option<&PathBuf>, from: Option<u64>, to: Option<u64>) -> Option<String> {
+    read_range(log?, from?, to?)
 }
 
 fn read_range(log: &PathBuf, from: u64, to: u64) -> Option<String> {

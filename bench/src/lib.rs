@@ -33,7 +33,7 @@ use clap::Parser;
 use serde_json::json;
 use tonic::transport::Endpoint;
 
-use crate::load::{Bounds, StepReport};
+use crate::load::{Bounds, StepReport, Stepper};
 
 /// Drives the real binaries and measures them; see `docs/BENCH.md`.
 #[derive(Debug, Clone, Parser)]
@@ -145,6 +145,12 @@ fn say(text: &str) {
     eprintln!("bench: {text}");
 }
 
+/// Starts the mesh and funds the customers; measures this machine's limits
+/// and the relay alone; warms up; measures a WatchOrder stream and the
+/// cost of one order on a quiet mesh; runs the fixed-rate steps, searches
+/// for the maximum sustained rate and profiles it; and reads each binary's
+/// memory. Returns the run (without its total time) and PostgreSQL's
+/// version.
 async fn measure(
     args: &Args,
     mesh: &mut mesh::Mesh,
@@ -154,6 +160,52 @@ async fn measure(
 ) -> anyhow::Result<(report::Run, String)> {
     say("starting order-svc, processor-svc and relay");
     mesh.start().await?;
+    let clients = connect_and_fund(mesh).await?;
+    let limits = measure_limits(mesh).await?;
+    let (commit_to_publish, drain_rows_per_s) = measure_relay(mesh, registry).await?;
+    let bounds = Bounds {
+        drain: Duration::from_secs_f64(args.drain_bound_s),
+        p99_ms: args.p99_bound_ms,
+    };
+    let mut stepper = Stepper::new(clients, registry.clone(), bounds, quiet);
+    stepper.run_step(200.0, 3.0, "warm-up 200/s").await?;
+    mesh.check_alive()?;
+    // On a quiet mesh, before any overload step can leave work behind.
+    let watch = measure_watch(&stepper.clients).await?;
+    mesh.check_alive()?;
+    let cost = measure_cost(mesh, &stepper.clients, registry).await?;
+    mesh.check_alive()?;
+    let fixed = fixed_steps(args, mesh, &mut stepper).await?;
+    let (search, max_sustained) = search(args, mesh, &mut stepper, &fixed).await?;
+    let profile = if args.profile {
+        profile(mesh, &mut stepper, out, max_sustained).await?
+    } else {
+        None
+    };
+    let pg_version = pg_version(&mesh.probe_db.url).await.unwrap_or_default();
+    Ok((
+        report::Run {
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            machine: machine(),
+            fixed,
+            search,
+            watch,
+            max_sustained,
+            commit_to_publish,
+            drain_rows_per_s,
+            limits,
+            rss_mib: rss_mib(mesh),
+            profile,
+            cost,
+            seconds: 0.0,
+        },
+        pg_version,
+    ))
+}
+
+/// Connects the load's clients (four HTTP/2 connections) and funds the
+/// customers.
+async fn connect_and_fund(mesh: &mesh::Mesh) -> anyhow::Result<Vec<mesh::Orders>> {
     let mut clients = Vec::new();
     for _ in 0..4 {
         let channel = Endpoint::from_shared(format!("http://{}", mesh.order_addr))?
@@ -167,7 +219,11 @@ async fn measure(
         .await?;
     load::fund(mesh.accounts(accounts)).await?;
     say(&format!("{} customers funded", load::CUSTOMERS));
+    Ok(clients)
+}
 
+/// PostgreSQL's and RabbitMQ's own capacity, without ordermesh.
+async fn measure_limits(mesh: &mesh::Mesh) -> anyhow::Result<limits::Limits> {
     say("limits: PostgreSQL order+outbox transactions");
     let (pg_tx, pg_tx_notify, pg_commit) = limits::postgres(4.0).await?;
     say("limits: RabbitMQ persistent publishes with confirms");
@@ -184,7 +240,15 @@ async fn measure(
         "limits: PostgreSQL {pg_tx:.0} tx/s ({pg_tx_notify:.0} with NOTIFY each), commit p50 {:.2} ms; RabbitMQ {amqp_rate:.0} msg/s, confirm p50 {:.2} ms",
         limits.pg_commit_ms.p50, limits.amqp_confirm_ms.p50
     ));
+    Ok(limits)
+}
 
+/// The relay alone on the probe database: commit-to-publish latency, and
+/// how fast it drains a backlog (rows/s).
+async fn measure_relay(
+    mesh: &mesh::Mesh,
+    registry: &Arc<observe::Registry>,
+) -> anyhow::Result<(stats::Summary, f64)> {
     say("relay: commit-to-publish at 200 rows/s, then a 30,000-row backlog");
     let commit_to_publish =
         relay_probe::commit_to_publish(&mesh.probe_db.url, registry, 200.0, 5.0).await?;
@@ -193,40 +257,31 @@ async fn measure(
         "relay: commit->publish p50 {:.3} ms p99 {:.3} ms; drain {drain_rows_per_s:.0} rows/s",
         commit_to_publish.p50, commit_to_publish.p99
     ));
+    Ok((commit_to_publish, drain_rows_per_s))
+}
 
-    let bounds = Bounds {
-        drain: Duration::from_secs_f64(args.drain_bound_s),
-        p99_ms: args.p99_bound_ms,
-    };
-    let mut step_id = 0u32;
-    let mut step = |rate: f64, seconds: f64, label: String| {
-        step_id += 1;
-        let (clients, registry) = (clients.clone(), registry.clone());
-        let id = step_id;
-        async move {
-            load::run_step(
-                &clients, &registry, id, rate, seconds, bounds, &label, quiet,
-            )
-            .await
-        }
-    };
-    step(200.0, 3.0, "warm-up 200/s".into()).await?;
-    mesh.check_alive()?;
-
-    // On a quiet mesh, before any overload step can leave work behind.
+/// Create->PAID as a WatchOrder stream sees it, once the machine is quiet.
+async fn measure_watch(clients: &[mesh::Orders]) -> anyhow::Result<watch::WatchReport> {
     say("watch: create->PAID as a WatchOrder stream sees it, 200 orders/s for 3 s");
     load::settle().await;
-    let watch = watch::run(&clients, 200.0, 3.0).await?;
+    let watch = watch::run(clients, 200.0, 3.0).await?;
     say(&format!(
         "watch: {} of {} PAID on their stream, e2e p50 {:.2} ms p99 {:.2} ms; first message p50 {:.2} ms",
         watch.paid, watch.orders, watch.e2e_ms.p50, watch.e2e_ms.p99, watch.first_message_ms.p50
     ));
-    mesh.check_alive()?;
+    Ok(watch)
+}
 
+/// Statements and commits per order, 20 orders one at a time.
+async fn measure_cost(
+    mesh: &mesh::Mesh,
+    clients: &[mesh::Orders],
+    registry: &Arc<observe::Registry>,
+) -> anyhow::Result<cost::Cost> {
     say("cost: 20 orders one at a time, statements and commits per order");
     let cost = cost::trickle(
-        &ordermesh_platform::testing::server_url(),
-        &clients,
+        &ordermesh_testkit::server_url(),
+        clients,
         registry,
         COST_STEP,
         &[
@@ -242,18 +297,37 @@ async fn measure(
             .map_or_else(|| "?".to_owned(), |s| format!("{s:.1}")),
         cost.commits
     ));
-    mesh.check_alive()?;
+    Ok(cost)
+}
 
-    let mut fixed: Vec<StepReport> = Vec::new();
+/// A step at each of `--rates`.
+async fn fixed_steps(
+    args: &Args,
+    mesh: &mut mesh::Mesh,
+    stepper: &mut Stepper,
+) -> anyhow::Result<Vec<StepReport>> {
+    let mut fixed = Vec::new();
     for &rate in &args.rates {
-        let r = step(rate, args.step_seconds, format!("{rate:.0}/s")).await?;
+        let r = stepper
+            .run_step(rate, args.step_seconds, &format!("{rate:.0}/s"))
+            .await?;
         say(&line(&r));
         mesh.check_alive()?;
         fixed.push(r);
     }
+    Ok(fixed)
+}
 
-    // The search: grow past the best sustained rate until a step fails,
-    // then bisect.
+/// The search for the maximum sustained rate: grow past the best sustained
+/// fixed rate until a step fails, then bisect, for at most
+/// `--search-steps` steps. Returns the steps and the highest rate
+/// sustained.
+async fn search(
+    args: &Args,
+    mesh: &mut mesh::Mesh,
+    stepper: &mut Stepper,
+    fixed: &[StepReport],
+) -> anyhow::Result<(Vec<StepReport>, f64)> {
     let mut lo = fixed
         .iter()
         .filter(|r| r.sustained)
@@ -274,7 +348,9 @@ async fn measure(
             }
             ((lo + hi) / 2.0).round()
         };
-        let r = step(rate, args.step_seconds, format!("search {rate:.0}/s")).await?;
+        let r = stepper
+            .run_step(rate, args.step_seconds, &format!("search {rate:.0}/s"))
+            .await?;
         say(&line(&r));
         mesh.check_alive()?;
         if r.sustained {
@@ -284,61 +360,52 @@ async fn measure(
         }
         search.push(r);
     }
-    let max_sustained = lo;
+    Ok((search, lo))
+}
 
-    let mut profile_json = None;
-    if args.profile {
-        if profile::available().await {
-            let rate = max_sustained.max(200.0);
-            say(&format!(
-                "profile: perf record -a during a {rate:.0}/s step"
-            ));
-            let mut recordings = vec![(
-                "all CPUs".to_owned(),
-                profile::start(out, "system", None, 6.0)?,
-            )];
-            for (name, pid) in mesh.pids() {
-                recordings.push((name.to_owned(), profile::start(out, name, Some(pid), 6.0)?));
-            }
-            let r = step(rate, 6.0, format!("profile {rate:.0}/s")).await?;
-            let mut perf = serde_json::Map::new();
-            for (name, rec) in recordings {
-                let title = format!("{name} at {rate:.0} orders/s");
-                perf.insert(name, rec.finish(out, &title).await?);
-            }
-            profile_json = Some(json!({"rate": rate, "step": r.verdict, "perf": perf}));
-        } else {
-            say("profile: perf not found (apt-get install linux-perf); skipped");
-        }
+/// System-wide and per-binary perf flamegraphs during a step at the
+/// highest sustained rate (at least 200/s); `None` without perf.
+async fn profile(
+    mesh: &mesh::Mesh,
+    stepper: &mut Stepper,
+    out: &std::path::Path,
+    max_sustained: f64,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    if !profile::available().await {
+        say("profile: perf not found (apt-get install linux-perf); skipped");
+        return Ok(None);
     }
+    let rate = max_sustained.max(200.0);
+    say(&format!(
+        "profile: perf record -a during a {rate:.0}/s step"
+    ));
+    let mut recordings = vec![(
+        "all CPUs".to_owned(),
+        profile::start(out, "system", None, 6.0)?,
+    )];
+    for (name, pid) in mesh.pids() {
+        recordings.push((name.to_owned(), profile::start(out, name, Some(pid), 6.0)?));
+    }
+    let r = stepper
+        .run_step(rate, 6.0, &format!("profile {rate:.0}/s"))
+        .await?;
+    let mut perf = serde_json::Map::new();
+    for (name, rec) in recordings {
+        let title = format!("{name} at {rate:.0} orders/s");
+        perf.insert(name, rec.finish(out, &title).await?);
+    }
+    Ok(Some(json!({"rate": rate, "step": r.verdict, "perf": perf})))
+}
 
-    let rss_mib = mesh
-        .pids()
+/// Each binary's resident memory now and at its peak (MiB).
+fn rss_mib(mesh: &mesh::Mesh) -> Vec<(String, f64, f64)> {
+    mesh.pids()
         .into_iter()
         .map(|(name, pid)| {
             let (rss, hwm) = procfs::rss_mib(pid).unwrap_or((0.0, 0.0));
             (name.to_owned(), rss, hwm)
         })
-        .collect();
-    let pg_version = pg_version(&mesh.probe_db.url).await.unwrap_or_default();
-    Ok((
-        report::Run {
-            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
-            machine: machine(),
-            fixed,
-            search,
-            watch,
-            max_sustained,
-            commit_to_publish,
-            drain_rows_per_s,
-            limits,
-            rss_mib,
-            profile: profile_json,
-            cost,
-            seconds: 0.0,
-        },
-        pg_version,
-    ))
+        .collect()
 }
 
 fn line(r: &StepReport) -> String {

@@ -15,9 +15,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
-use ordermesh_platform::amqp::BrokerConfig;
-use ordermesh_platform::outbox::{self, OutboxEvent, PARTITIONS, WARM_LOCK_CLASS};
-use ordermesh_platform::testing::TestDatabase;
+use ordermesh_messaging::amqp::BrokerConfig;
+use ordermesh_messaging::outbox::{self, OutboxEvent, PARTITIONS, WARM_LOCK_CLASS};
+use ordermesh_testkit::TestDatabase;
 use serde::Serialize;
 
 use crate::stats::{Summary, r3, summarize};
@@ -54,12 +54,12 @@ CREATE TABLE orders (
 CREATE INDEX orders_customer ON orders (customer_id, seq DESC);
 "#;
 
-/// Measures PostgreSQL: a scratch database with the platform outbox and an
-/// orders table shaped like order-svc's.
+/// Measures PostgreSQL: a scratch database with the messaging crate's
+/// outbox and an orders table shaped like order-svc's.
 pub async fn postgres(seconds: f64) -> anyhow::Result<(f64, f64, Summary)> {
     let db = TestDatabase::create().await;
-    let pool = ordermesh_platform::db::pool(db.url.parse()?, 17)?;
-    ordermesh_platform::db::migrate(&pool, refinery::Runner::new(&[]))
+    let pool = ordermesh_runtime::db::pool(db.url.parse()?, 17)?;
+    ordermesh_runtime::db::migrate(&pool, vec![ordermesh_messaging::migrations()])
         .await
         .context("migrate the scratch database")?;
     pool.get().await?.batch_execute(SCHEMA).await?;

@@ -112,26 +112,98 @@ pub async fn settle() {
     }
 }
 
-/// Runs one step: `rate` orders/s for `seconds`, then waits for the
-/// results (up to `bounds.drain`, and for a failed step until the backlog
-/// is gone so the next step starts clean).
-#[allow(clippy::too_many_arguments)]
-pub async fn run_step(
-    clients: &[Orders],
-    registry: &Arc<Registry>,
-    step_id: u32,
+/// Runs a bench's load steps: its clients, where the results arrive and
+/// how a step is judged. Steps are numbered 1, 2, ... in the registry.
+pub struct Stepper {
+    pub clients: Vec<Orders>,
+    pub registry: Arc<Registry>,
+    pub bounds: Bounds,
+    /// No progress bar (stderr is not a terminal).
+    pub quiet: bool,
+    steps: u32,
+}
+
+impl Stepper {
+    pub fn new(clients: Vec<Orders>, registry: Arc<Registry>, bounds: Bounds, quiet: bool) -> Self {
+        Self {
+            clients,
+            registry,
+            bounds,
+            quiet,
+            steps: 0,
+        }
+    }
+
+    /// Runs one step: `rate` orders/s for `seconds`, then waits for the
+    /// results (up to `bounds.drain`, and for a failed step until the
+    /// backlog is gone so the next step starts clean).
+    pub async fn run_step(
+        &mut self,
+        rate: f64,
+        seconds: f64,
+        label: &str,
+    ) -> anyhow::Result<StepReport> {
+        self.steps += 1;
+        let n = (rate * seconds).round() as usize;
+        let step = Arc::new(Step::new(n));
+        self.registry.add_step(self.steps, step.clone());
+        let run = StepRun {
+            id: self.steps,
+            rate,
+            seconds,
+            bounds: self.bounds,
+            step,
+            n,
+            errors: Arc::new(AtomicUsize::new(0)),
+            bar: progress_bar(n, label, self.quiet),
+        };
+        settle().await;
+        let cpu = CpuWindow::start();
+        let schedule = run.send(&self.clients).await?;
+        let bound = schedule.last_due + self.bounds.drain.as_nanos() as u64;
+        let settled_all = run.wait_for_results(bound).await;
+        let cpu = cpu.finish();
+        let end = run.last_settled();
+        if !settled_all {
+            run.drain_backlog().await;
+        }
+        let tally = run.tally(bound);
+        Ok(run.report(&schedule, settled_all, end, tally, cpu))
+    }
+}
+
+/// One step under way.
+struct StepRun {
+    id: u32,
+    /// Offered orders/s, for `seconds`.
     rate: f64,
     seconds: f64,
     bounds: Bounds,
-    label: &str,
-    quiet: bool,
-) -> anyhow::Result<StepReport> {
-    let n = (rate * seconds).round() as usize;
-    let step = Arc::new(Step::new(n));
-    registry.add_step(step_id, step.clone());
-    let errors = Arc::new(AtomicUsize::new(0));
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    /// Where the observer stamps each order's results.
+    step: Arc<Step>,
+    /// Orders to send.
+    n: usize,
+    /// CreateOrder calls that failed.
+    errors: Arc<AtomicUsize>,
+    bar: ProgressBar,
+}
 
+/// When the step's requests were due (ns, [`now_ns`]).
+struct Schedule {
+    start: u64,
+    last_due: u64,
+}
+
+/// The step's orders as counted after it: latencies of those settled within
+/// the bound, and of every answered CreateOrder.
+struct Tally {
+    e2e: Vec<f64>,
+    rpc: Vec<f64>,
+    settled: usize,
+    paid: usize,
+}
+
+fn progress_bar(n: usize, label: &str, quiet: bool) -> ProgressBar {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -145,147 +217,205 @@ pub async fn run_step(
         .progress_chars("=> "),
     );
     bar.set_prefix(label.to_owned());
+    bar
+}
 
-    settle().await;
-    let cpu = CpuWindow::start();
-    let interval_ns = 1e9 / rate;
-    let start = now_ns() + 20_000_000;
-    let origin = tokio::time::Instant::now() + Duration::from_millis(20);
-    for i in 0..n {
-        let offset = (i as f64 * interval_ns) as u64;
-        let due = start + offset;
-        tokio::time::sleep_until(origin + Duration::from_nanos(offset)).await;
-        let permit = in_flight.clone().acquire_owned().await?;
-        let mut client = clients[i % clients.len()].clone();
-        let slots = step.clone();
-        let errors = errors.clone();
-        step.slots[i].due.store(due, Ordering::SeqCst);
-        tokio::spawn(async move {
-            let step = slots;
-            let request = order(format!("s{step_id}-{i}"), i);
-            match client.create_order(request).await {
-                Ok(_) => step.slots[i].answered.store(now_ns(), Ordering::SeqCst),
-                Err(_) => {
-                    errors.fetch_add(1, Ordering::SeqCst);
-                }
+impl StepRun {
+    /// Sends the orders open-loop, each when due whatever the answers do,
+    /// round-robin over `clients`.
+    async fn send(&self, clients: &[Orders]) -> anyhow::Result<Schedule> {
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let interval_ns = 1e9 / self.rate;
+        let start = now_ns() + 20_000_000;
+        let origin = tokio::time::Instant::now() + Duration::from_millis(20);
+        let step_id = self.id;
+        for i in 0..self.n {
+            let offset = (i as f64 * interval_ns) as u64;
+            tokio::time::sleep_until(origin + Duration::from_nanos(offset)).await;
+            let permit = in_flight.clone().acquire_owned().await?;
+            self.step.slots[i]
+                .due
+                .store(start + offset, Ordering::SeqCst);
+            let client = clients[i % clients.len()].clone();
+            let (step, errors) = (self.step.clone(), self.errors.clone());
+            tokio::spawn(async move {
+                create(client, &step, &errors, step_id, i).await;
+                drop(permit);
+            });
+            if i % 64 == 0 {
+                self.bar
+                    .set_position(self.step.settled.load(Ordering::Relaxed) as u64);
             }
-            drop(permit);
-        });
-        if i % 64 == 0 {
-            bar.set_position(step.settled.load(Ordering::Relaxed) as u64);
+        }
+        let last_due = start + ((self.n.max(1) - 1) as f64 * interval_ns) as u64;
+        Ok(Schedule { start, last_due })
+    }
+
+    /// Orders settled or failed so far.
+    fn done(&self) -> (usize, usize) {
+        (
+            self.step.settled.load(Ordering::SeqCst),
+            self.errors.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Waits until every order settled or failed (true), or until `bound`.
+    async fn wait_for_results(&self, bound: u64) -> bool {
+        loop {
+            let (settled, errors) = self.done();
+            self.bar.set_position(settled as u64);
+            if settled + errors >= self.n {
+                return true;
+            }
+            if now_ns() > bound {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let last_due = start + ((n.max(1) - 1) as f64 * interval_ns) as u64;
-    // Wait for every result, up to the drain bound.
-    let bound_ns = bounds.drain.as_nanos() as u64;
-    let settled_all = loop {
-        let settled = step.settled.load(Ordering::SeqCst);
-        let errs = errors.load(Ordering::SeqCst);
-        bar.set_position(settled as u64);
-        if settled + errs >= n {
-            break true;
-        }
-        if now_ns() > last_due + bound_ns {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let (cpu_busy, cpu_by_command) = cpu.finish();
-    let end = (0..n)
-        .map(|i| step.slots[i].settled.load(Ordering::SeqCst))
-        .max()
-        .unwrap_or(0);
-    let drain_s = end.saturating_sub(last_due) as f64 / 1e9;
-    if !settled_all {
-        // Let the backlog go before the next step, without counting it.
+
+    /// When the last order settled (ns).
+    fn last_settled(&self) -> u64 {
+        (0..self.n)
+            .map(|i| self.step.slots[i].settled.load(Ordering::SeqCst))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Lets the backlog go before the next step (up to 60 s), without
+    /// counting it.
+    async fn drain_backlog(&self) {
         let deadline = now_ns() + 60_000_000_000;
-        while step.settled.load(Ordering::SeqCst) + errors.load(Ordering::SeqCst) < n
-            && now_ns() < deadline
-        {
-            bar.set_position(step.settled.load(Ordering::SeqCst) as u64);
+        loop {
+            let (settled, errors) = self.done();
+            if settled + errors >= self.n || now_ns() >= deadline {
+                return;
+            }
+            self.bar.set_position(settled as u64);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    let ms = |a: u64, b: u64| (b as f64 - a as f64) / 1e6;
-    let mut e2e = Vec::with_capacity(n);
-    let mut rpc = Vec::with_capacity(n);
-    let mut paid = 0;
-    let mut settled = 0;
-    for s in &step.slots {
-        let due = s.due.load(Ordering::SeqCst);
-        let answered = s.answered.load(Ordering::SeqCst);
-        let done = s.settled.load(Ordering::SeqCst);
-        if answered != 0 {
-            rpc.push(ms(due, answered));
-        }
-        if done != 0 && done <= last_due + bound_ns {
-            settled += 1;
-            e2e.push(ms(due, done));
-            if s.outcome.load(Ordering::SeqCst) == 1 {
-                paid += 1;
+    /// Counts the orders settled by `bound` and their latencies.
+    fn tally(&self, bound: u64) -> Tally {
+        let ms = |a: u64, b: u64| (b as f64 - a as f64) / 1e6;
+        let mut tally = Tally {
+            e2e: Vec::with_capacity(self.n),
+            rpc: Vec::with_capacity(self.n),
+            settled: 0,
+            paid: 0,
+        };
+        for s in &self.step.slots {
+            let due = s.due.load(Ordering::SeqCst);
+            let answered = s.answered.load(Ordering::SeqCst);
+            let done = s.settled.load(Ordering::SeqCst);
+            if answered != 0 {
+                tally.rpc.push(ms(due, answered));
+            }
+            if done != 0 && done <= bound {
+                tally.settled += 1;
+                tally.e2e.push(ms(due, done));
+                if s.outcome.load(Ordering::SeqCst) == 1 {
+                    tally.paid += 1;
+                }
             }
         }
+        tally
     }
-    let e2e_samples = e2e.clone();
-    let e2e_ms = summarize(&mut e2e);
-    let errors = errors.load(Ordering::SeqCst);
-    let span_s = end.saturating_sub(start) as f64 / 1e9;
-    let completed_per_s = if span_s > 0.0 {
-        settled as f64 / span_s
-    } else {
-        0.0
-    };
-    let mut verdict = Vec::new();
-    if errors > 0 {
-        verdict.push(format!("{errors} CreateOrder errors"));
+
+    /// Why the step is not sustained (empty: it is).
+    fn failures(
+        &self,
+        errors: usize,
+        settled_all: bool,
+        tally: &Tally,
+        e2e_ms: &Summary,
+    ) -> Vec<String> {
+        let (n, bounds) = (self.n, self.bounds);
+        let mut verdict = Vec::new();
+        if errors > 0 {
+            verdict.push(format!("{errors} CreateOrder errors"));
+        }
+        if !settled_all {
+            verdict.push(format!(
+                "{} of {n} not settled {:.0} s after the last request",
+                n - tally.settled,
+                bounds.drain.as_secs_f64()
+            ));
+        }
+        if e2e_ms.p99 > bounds.p99_ms {
+            verdict.push(format!(
+                "p99 {:.1} ms > {:.0} ms",
+                e2e_ms.p99, bounds.p99_ms
+            ));
+        }
+        if tally.paid < tally.settled {
+            verdict.push(format!("{} orders FAILED", tally.settled - tally.paid));
+        }
+        verdict
     }
-    if !settled_all {
-        verdict.push(format!(
-            "{} of {n} not settled {:.0} s after the last request",
-            n - settled,
-            bounds.drain.as_secs_f64()
-        ));
-    }
-    if e2e_ms.p99 > bounds.p99_ms {
-        verdict.push(format!(
-            "p99 {:.1} ms > {:.0} ms",
-            e2e_ms.p99, bounds.p99_ms
-        ));
-    }
-    if paid < settled {
-        verdict.push(format!("{} orders FAILED", settled - paid));
-    }
-    let sustained = verdict.is_empty();
-    bar.finish_with_message(format!(
-        "p50 {:.2} ms p99 {:.2} ms {}",
-        e2e_ms.p50,
-        e2e_ms.p99,
-        if sustained { "ok" } else { "NOT sustained" }
-    ));
-    let per_1k = (settled.max(1) as f64) / 1000.0;
-    Ok(StepReport {
-        offered_per_s: rate,
-        seconds,
-        sent: n,
-        errors,
-        settled,
-        paid,
-        completed_per_s: r3(completed_per_s),
-        e2e_ms,
-        create_rpc_ms: summarize(&mut rpc),
-        drain_s: r3(drain_s),
-        sustained,
-        verdict: if sustained {
-            "sustained".into()
+
+    /// The step's figures and verdict; ends the progress bar.
+    fn report(
+        &self,
+        schedule: &Schedule,
+        settled_all: bool,
+        end: u64,
+        mut tally: Tally,
+        (cpu_busy, cpu_by_command): (f64, Vec<(String, f64)>),
+    ) -> StepReport {
+        let e2e_samples = tally.e2e.clone();
+        let e2e_ms = summarize(&mut tally.e2e);
+        let errors = self.errors.load(Ordering::SeqCst);
+        let span_s = end.saturating_sub(schedule.start) as f64 / 1e9;
+        let completed_per_s = if span_s > 0.0 {
+            tally.settled as f64 / span_s
         } else {
-            verdict.join("; ")
-        },
-        cpu_busy: r3(cpu_busy),
-        cpu_s_per_1k_orders: cpu_by_command
-            .into_iter()
-            .map(|(k, v)| (k, r3(v / per_1k)))
-            .collect(),
-        e2e_samples,
-    })
+            0.0
+        };
+        let not_sustained = self.failures(errors, settled_all, &tally, &e2e_ms);
+        let sustained = not_sustained.is_empty();
+        self.bar.finish_with_message(format!(
+            "p50 {:.2} ms p99 {:.2} ms {}",
+            e2e_ms.p50,
+            e2e_ms.p99,
+            if sustained { "ok" } else { "NOT sustained" }
+        ));
+        let per_1k = (tally.settled.max(1) as f64) / 1000.0;
+        StepReport {
+            offered_per_s: self.rate,
+            seconds: self.seconds,
+            sent: self.n,
+            errors,
+            settled: tally.settled,
+            paid: tally.paid,
+            completed_per_s: r3(completed_per_s),
+            e2e_ms,
+            create_rpc_ms: summarize(&mut tally.rpc),
+            drain_s: r3(end.saturating_sub(schedule.last_due) as f64 / 1e9),
+            sustained,
+            verdict: if sustained {
+                "sustained".into()
+            } else {
+                not_sustained.join("; ")
+            },
+            cpu_busy: r3(cpu_busy),
+            cpu_s_per_1k_orders: cpu_by_command
+                .into_iter()
+                .map(|(k, v)| (k, r3(v / per_1k)))
+                .collect(),
+            e2e_samples,
+        }
+    }
+}
+
+/// Step `step_id`'s order `i`: stamps its answer or counts its error.
+async fn create(mut client: Orders, step: &Step, errors: &AtomicUsize, step_id: u32, i: usize) {
+    let request = order(format!("s{step_id}-{i}"), i);
+    match client.create_order(request).await {
+        Ok(_) => step.slots[i].answered.store(now_ns(), Ordering::SeqCst),
+        Err(_) => {
+            errors.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use ordermesh_platform::amqp::BrokerConfig;
+use ordermesh_messaging::amqp::BrokerConfig;
 use ordermesh_proto::events::v1 as events;
 use prost::Message as _;
 
@@ -149,7 +149,7 @@ pub async fn start(
         .await
         .context("connect the observer to RabbitMQ")?;
     let channel = conn.create_channel().await?;
-    ordermesh_platform::amqp::declare_exchanges(&channel, broker).await?;
+    ordermesh_messaging::amqp::declare_exchanges(&channel, broker).await?;
     let queue = channel
         .queue_declare(
             "".into(),

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ordermesh_platform::outbox::{self, OutboxEvent};
+use ordermesh_messaging::outbox::{self, OutboxEvent};
 
 use crate::observe::{Probe, Registry, now_ns};
 use crate::stats::{Summary, r3, summarize};
@@ -27,7 +27,7 @@ pub async fn commit_to_publish(
     rate: f64,
     seconds: f64,
 ) -> anyhow::Result<Summary> {
-    let pool = ordermesh_platform::db::pool(url.parse()?, 4)?;
+    let pool = ordermesh_runtime::db::pool(url.parse()?, 4)?;
     let n = (rate * seconds) as usize;
     let probe = Arc::new(Probe::new(n));
     registry.add_probe(PROBE_KEY, probe.clone());

@@ -3,12 +3,13 @@
 //! latency percentiles against the offered rate, and the latency
 //! distribution of the fixed-rate steps.
 
+mod svg;
+
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
 use crate::load::StepReport;
-use crate::stats::quantile;
 
 /// The run's figures in the shape of `target/bench/report.json`.
 pub struct Run {
@@ -161,13 +162,22 @@ impl Run {
     /// The human table.
     pub fn table(&self) -> String {
         let mut t = String::new();
-        let l = &self.limits;
         let _ = writeln!(
             t,
             "\nordermesh bench, {} ({:.0} s)",
             self.date, self.seconds
         );
         let _ = writeln!(t, "machine: {}", self.machine);
+        self.steps_table(&mut t);
+        self.headlines(&mut t);
+        self.limits_table(&mut t);
+        self.cost_table(&mut t);
+        self.targets_and_ratios(&mut t);
+        t
+    }
+
+    /// One row per load step, fixed then search.
+    fn steps_table(&self, t: &mut String) {
         let _ = writeln!(
             t,
             "\n{:>9} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8} {:>6}  verdict",
@@ -195,6 +205,10 @@ impl Run {
                 s.verdict
             );
         }
+    }
+
+    /// The figures with a target: throughput, latencies, memory.
+    fn headlines(&self, t: &mut String) {
         let _ = writeln!(
             t,
             "\nmax sustained create->PAID: {:.0} orders/s  (target >= 800)",
@@ -224,6 +238,10 @@ impl Run {
                 "RSS {name:<14} peak {hwm:6.1} MiB, at end {rss:6.1} MiB (target <= 64)"
             );
         }
+    }
+
+    fn limits_table(&self, t: &mut String) {
+        let l = &self.limits;
         let _ = writeln!(
             t,
             "\nlimits of this machine, same run:\n  PostgreSQL order+outbox tx: {:.0}/s (with a NOTIFY in every tx: {:.0}/s); one commit p50 {:.2} ms\n  RabbitMQ persistent publish+confirm: {:.0} msg/s; one confirm p50 {:.2} ms",
@@ -233,6 +251,10 @@ impl Run {
             l.amqp_confirmed_publish_per_s,
             l.amqp_confirm_ms.p50
         );
+    }
+
+    /// Statements and commits per order, in all and per database.
+    fn cost_table(&self, t: &mut String) {
         let c = &self.cost;
         let _ = writeln!(
             t,
@@ -254,6 +276,10 @@ impl Run {
                 d.commits
             );
         }
+    }
+
+    fn targets_and_ratios(&self, t: &mut String) {
+        let l = &self.limits;
         let _ = writeln!(
             t,
             "targets (value vs limit in this run): {}",
@@ -268,207 +294,5 @@ impl Run {
             pct(2.0 * self.max_sustained, l.amqp_confirmed_publish_per_s),
             pct(self.drain_rows_per_s, l.amqp_confirmed_publish_per_s),
         );
-        t
     }
-
-    /// The latency plot: percentiles against offered rate (left, log
-    /// scale) and the distribution of the fixed-rate steps (right).
-    pub fn svg(&self) -> String {
-        let (w, h) = (960.0, 420.0);
-        let mut s = String::new();
-        let _ = write!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = write!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="20" text-anchor="middle" font-size="14">ordermesh create→PAID latency ({})</text>"#,
-            w / 2.0,
-            xml(&self.date)
-        );
-
-        // Left: percentiles vs offered rate.
-        let mut steps: Vec<&StepReport> = self.fixed.iter().chain(&self.search).collect();
-        steps.sort_by(|a, b| a.offered_per_s.total_cmp(&b.offered_per_s));
-        steps.dedup_by(|a, b| a.offered_per_s == b.offered_per_s);
-        let (x0, y0, pw, ph) = (60.0, 40.0, 380.0, 320.0);
-        let max_rate = steps.iter().map(|s| s.offered_per_s).fold(100.0, f64::max) * 1.05;
-        let (lo, hi) = (0.1f64.log10(), 10_000f64.log10());
-        let ly = |ms: f64| y0 + ph - (ms.max(0.1).log10() - lo) / (hi - lo) * ph;
-        let lx = |r: f64| x0 + r / max_rate * pw;
-        axes(&mut s, x0, y0, pw, ph);
-        for ms in [0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0] {
-            let y = ly(ms);
-            let _ = write!(
-                s,
-                r##"<line x1="{x0}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{ms}</text>"##,
-                x0 + pw,
-                x0 - 4.0,
-                y + 4.0
-            );
-        }
-        let tick = [100.0, 200.0, 250.0, 500.0, 1000.0, 2000.0]
-            .into_iter()
-            .find(|t| max_rate / t <= 6.0)
-            .unwrap_or(5000.0);
-        let mut r = 0.0;
-        while r <= max_rate {
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#,
-                lx(r),
-                y0 + ph + 16.0,
-                r
-            );
-            r += tick;
-        }
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">offered orders/s (open loop)</text><text transform="translate(16 {}) rotate(-90)" text-anchor="middle">e2e ms (log)</text>"#,
-            x0 + pw / 2.0,
-            y0 + ph + 34.0,
-            y0 + ph / 2.0
-        );
-        for (name, color, pick) in [
-            ("p50", "#1f77b4", 0usize),
-            ("p99", "#ff7f0e", 1),
-            ("p99.9", "#d62728", 2),
-        ] {
-            let pts: Vec<String> = steps
-                .iter()
-                .map(|st| {
-                    let v = [st.e2e_ms.p50, st.e2e_ms.p99, st.e2e_ms.p999][pick];
-                    format!("{:.1},{:.1}", lx(st.offered_per_s), ly(v))
-                })
-                .collect();
-            let _ = write!(
-                s,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-                pts.join(" ")
-            );
-            for st in &steps {
-                let v = [st.e2e_ms.p50, st.e2e_ms.p99, st.e2e_ms.p999][pick];
-                let fill = if st.sustained { color } else { "white" };
-                let _ = write!(
-                    s,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{fill}" stroke="{color}"/>"#,
-                    lx(st.offered_per_s),
-                    ly(v)
-                );
-            }
-            let ly_legend = y0 + 14.0 + 16.0 * pick as f64;
-            let _ = write!(
-                s,
-                r#"<line x1="{}" x2="{}" y1="{ly_legend}" y2="{ly_legend}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{name}</text>"#,
-                x0 + 10.0,
-                x0 + 30.0,
-                x0 + 36.0,
-                ly_legend + 4.0
-            );
-        }
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}">hollow: not sustained; max sustained {:.0}/s</text>"#,
-            x0 + 10.0,
-            y0 + 66.0,
-            self.max_sustained
-        );
-
-        // Right: distribution (CDF) of the fixed-rate steps.
-        let (x1, pw1) = (540.0, 380.0);
-        axes(&mut s, x1, y0, pw1, ph);
-        let max_ms = self
-            .fixed
-            .iter()
-            .map(|st| quantile(&sorted(&st.e2e_samples), 0.999))
-            .fold(10.0, f64::max);
-        // Log scale from 1 ms to the next power of ten above the p99.9.
-        let decades = max_ms.log10().ceil().max(1.0);
-        let max_ms = 10f64.powf(decades);
-        let cx = |ms: f64| x1 + ms.max(1.0).log10() / decades * pw1;
-        let cy = |q: f64| y0 + ph - q * ph;
-        for d in 0..=decades as i32 {
-            let ms = 10f64.powi(d);
-            let _ = write!(
-                s,
-                r##"<line x1="{x}" x2="{x}" y1="{y0}" y2="{}" stroke="#eee"/><text x="{x}" y="{}" text-anchor="middle">{ms}</text>"##,
-                y0 + ph,
-                y0 + ph + 16.0,
-                x = cx(ms),
-            );
-        }
-        for i in 0..=5 {
-            let q = f64::from(i) / 5.0;
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="end">{:.1}</text>"#,
-                x1 - 4.0,
-                cy(q) + 4.0,
-                q
-            );
-        }
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">e2e ms (log, to p99.9)</text><text transform="translate({} {}) rotate(-90)" text-anchor="middle">fraction of orders</text>"#,
-            x1 + pw1 / 2.0,
-            y0 + ph + 34.0,
-            x1 - 36.0,
-            y0 + ph / 2.0
-        );
-        let colors = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2"];
-        for (k, st) in self.fixed.iter().enumerate() {
-            let v = sorted(&st.e2e_samples);
-            if v.is_empty() {
-                continue;
-            }
-            let color = colors[k % colors.len()];
-            let n = v.len();
-            let step = (n / 400).max(1);
-            let pts: Vec<String> = (0..n)
-                .step_by(step)
-                .chain(std::iter::once(n - 1))
-                .filter(|i| v[*i] <= max_ms)
-                .map(|i| format!("{:.1},{:.1}", cx(v[i]), cy((i + 1) as f64 / n as f64)))
-                .collect();
-            let _ = write!(
-                s,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-                pts.join(" ")
-            );
-            let ly_legend = y0 + 14.0 + 16.0 * k as f64;
-            let _ = write!(
-                s,
-                r#"<line x1="{}" x2="{}" y1="{ly_legend}" y2="{ly_legend}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{:.0}/s: p50 {:.2} ms, p99 {:.2} ms</text>"#,
-                x1 + 10.0,
-                x1 + 30.0,
-                x1 + 36.0,
-                ly_legend + 4.0,
-                st.offered_per_s,
-                st.e2e_ms.p50,
-                st.e2e_ms.p99
-            );
-        }
-        s.push_str("</svg>\n");
-        s
-    }
-}
-
-fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v
-}
-
-fn axes(s: &mut String, x: f64, y: f64, w: f64, h: f64) {
-    let _ = write!(
-        s,
-        r##"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="none" stroke="#888"/>"##
-    );
-}
-
-fn xml(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

@@ -3,12 +3,9 @@
 //! the mesh's queues and dead-letter queues.
 
 use anyhow::{Context, bail};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use ordermesh_platform::amqp::BrokerConfig;
+use ordermesh_messaging::amqp::BrokerConfig;
 use ordermesh_proto::events::v1::ORDER_CREATED;
 
 pub struct Broker {
@@ -20,7 +17,7 @@ pub struct Broker {
 
 impl Broker {
     pub async fn connect(config: &BrokerConfig) -> anyhow::Result<Self> {
-        let uri = ordermesh_platform::amqp::uri(config)?;
+        let uri = ordermesh_messaging::amqp::uri(config)?;
         let connection = Connection::connect_uri(
             uri,
             lapin::ConnectionProperties::default().with_connection_name("ordermesh-chaos".into()),
@@ -81,19 +78,11 @@ impl Broker {
         // A passive declare of a missing queue closes the channel: one
         // channel per question.
         let channel = self.connection.create_channel().await?;
-        let q = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let ready = ordermesh_messaging::amqp::ready_count(&channel, queue)
             .await
             .with_context(|| format!("look at queue {queue}"))?;
         let _ = channel.close(200, "done".into()).await;
-        Ok(q.message_count())
+        Ok(ready)
     }
 
     /// Takes every message out of `queue` and returns their message ids.

@@ -159,21 +159,7 @@ pub async fn run(
     orders: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut rng = StdRng::seed_from_u64(plan.seed ^ 0xc4a0_5eed);
-    let next = |rng: &mut StdRng, every: Option<Duration>| {
-        every.map(|e| Instant::now() + jittered(rng, e))
-    };
-    let mut next_relay_kill = next(&mut rng, plan.relay_kill_every);
-    let mut next_broker_cut = next(&mut rng, plan.broker_cut_every);
-    let mut next_pg_kill = next(&mut rng, plan.pg_terminate_every);
-    let poison_every = plan.expected / (plan.poison as u32 + 1);
-    let mut next_poison = started + poison_every;
-    let mut next_progress = started + Duration::from_secs(5);
-    let mut killer = None;
-    let mut orders_db = None;
-    let databases = vec![mesh.orders_db.name.clone(), mesh.processor_db.name.clone()];
-
+    let mut injector = Injector::new(mesh, plan);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -183,54 +169,146 @@ pub async fn run(
         }
         supervisor.tend(mesh).await?;
         let now = Instant::now();
-        if next_relay_kill.is_some_and(|t| now >= t) {
+        injector.inject_due(now, mesh, supervisor, broker).await?;
+        injector
+            .report_progress(now, mesh, supervisor, progress, orders)
+            .await;
+    }
+    while supervisor.counts.poison_ids.len() < plan.poison {
+        poison(broker, supervisor).await?;
+    }
+    restart_processor_without_aborts(mesh, supervisor).await?;
+    supervisor.counts.seconds = injector.started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// The state of the fault loop: when each fault is next due, and the
+/// harness's own database connections.
+struct Injector<'a> {
+    plan: &'a FaultPlan,
+    started: Instant,
+    rng: StdRng,
+    /// `None`: that fault is off.
+    next_relay_kill: Option<Instant>,
+    next_broker_cut: Option<Instant>,
+    next_pg_kill: Option<Instant>,
+    poison_every: Duration,
+    next_poison: Instant,
+    next_progress: Instant,
+    /// The connection that terminates the others, made when first needed.
+    killer: Option<tokio_postgres::Client>,
+    /// The connection that counts settled orders for the progress line.
+    orders_db: Option<tokio_postgres::Client>,
+    /// The mesh's two databases, whose backends are terminated.
+    databases: Vec<String>,
+}
+
+impl<'a> Injector<'a> {
+    fn new(mesh: &Mesh, plan: &'a FaultPlan) -> Self {
+        let started = Instant::now();
+        let mut rng = StdRng::seed_from_u64(plan.seed ^ 0xc4a0_5eed);
+        let next_relay_kill = next(&mut rng, plan.relay_kill_every);
+        let next_broker_cut = next(&mut rng, plan.broker_cut_every);
+        let next_pg_kill = next(&mut rng, plan.pg_terminate_every);
+        let poison_every = plan.expected / (plan.poison as u32 + 1);
+        Self {
+            plan,
+            started,
+            rng,
+            next_relay_kill,
+            next_broker_cut,
+            next_pg_kill,
+            poison_every,
+            next_poison: started + poison_every,
+            next_progress: started + PROGRESS_EVERY,
+            killer: None,
+            orders_db: None,
+            databases: vec![mesh.orders_db.name.clone(), mesh.processor_db.name.clone()],
+        }
+    }
+
+    /// Injects every fault that is due and draws its next time.
+    async fn inject_due(
+        &mut self,
+        now: Instant,
+        mesh: &mut Mesh,
+        supervisor: &mut Supervisor,
+        broker: &Broker,
+    ) -> anyhow::Result<()> {
+        if self.next_relay_kill.is_some_and(|t| now >= t) {
             mesh.kill(Binary::Relay).await?;
             supervisor.counts.relay_kills += 1;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+            tokio::time::sleep(Duration::from_millis(self.rng.random_range(0..300))).await;
             mesh.spawn(Binary::Relay)?;
-            next_relay_kill = next(&mut rng, plan.relay_kill_every);
+            self.next_relay_kill = next(&mut self.rng, self.plan.relay_kill_every);
         }
-        if next_broker_cut.is_some_and(|t| now >= t) {
+        if self.next_broker_cut.is_some_and(|t| now >= t) {
             supervisor.counts.broker_connections_cut += mesh.proxy.cut();
             supervisor.counts.broker_cuts += 1;
-            next_broker_cut = next(&mut rng, plan.broker_cut_every);
+            self.next_broker_cut = next(&mut self.rng, self.plan.broker_cut_every);
         }
-        if next_pg_kill.is_some_and(|t| now >= t) {
-            match terminate_backends(&mut killer, &databases).await {
+        if self.next_pg_kill.is_some_and(|t| now >= t) {
+            match terminate_backends(&mut self.killer, &self.databases).await {
                 Ok(n) => {
                     supervisor.counts.pg_kills += 1;
                     supervisor.counts.pg_backends_terminated += n;
                 }
                 Err(e) => eprintln!("chaos: pg_terminate_backend failed: {e:#}"),
             }
-            next_pg_kill = next(&mut rng, plan.pg_terminate_every);
+            self.next_pg_kill = next(&mut self.rng, self.plan.pg_terminate_every);
         }
-        if supervisor.counts.poison_ids.len() < plan.poison && now >= next_poison {
+        if supervisor.counts.poison_ids.len() < self.plan.poison && now >= self.next_poison {
             poison(broker, supervisor).await?;
-            next_poison = now + poison_every;
+            self.next_poison = now + self.poison_every;
         }
-        if now >= next_progress {
-            let settled = settled_orders(&mut orders_db, &mesh.orders_db.url).await;
-            eprintln!(
-                "chaos: {:>4.0} s  sent {}/{orders}  accepted {}  settled {}  | relay kills {}, processor aborts {}, broker cuts {}, pg kills {}, poison {}/{}",
-                started.elapsed().as_secs_f64(),
-                progress.sent.load(Ordering::Relaxed),
-                progress.accepted.load(Ordering::Relaxed),
-                settled.map_or("?".to_owned(), |n| n.to_string()),
-                supervisor.counts.relay_kills,
-                supervisor.counts.processor_aborts,
-                supervisor.counts.broker_cuts,
-                supervisor.counts.pg_kills,
-                supervisor.counts.poison_ids.len(),
-                plan.poison,
-            );
-            next_progress = now + Duration::from_secs(5);
+        Ok(())
+    }
+
+    /// The progress line, every [`PROGRESS_EVERY`].
+    async fn report_progress(
+        &mut self,
+        now: Instant,
+        mesh: &Mesh,
+        supervisor: &Supervisor,
+        progress: &Progress,
+        orders: usize,
+    ) {
+        if now < self.next_progress {
+            return;
         }
+        let settled = settled_orders(&mut self.orders_db, &mesh.orders_db.url).await;
+        let counts = &supervisor.counts;
+        eprintln!(
+            "chaos: {:>4.0} s  sent {}/{orders}  accepted {}  settled {}  | relay kills {}, processor aborts {}, broker cuts {}, pg kills {}, poison {}/{}",
+            self.started.elapsed().as_secs_f64(),
+            progress.sent.load(Ordering::Relaxed),
+            progress.accepted.load(Ordering::Relaxed),
+            settled.map_or("?".to_owned(), |n| n.to_string()),
+            counts.relay_kills,
+            counts.processor_aborts,
+            counts.broker_cuts,
+            counts.pg_kills,
+            counts.poison_ids.len(),
+            self.plan.poison,
+        );
+        self.next_progress = now + PROGRESS_EVERY;
     }
-    while supervisor.counts.poison_ids.len() < plan.poison {
-        poison(broker, supervisor).await?;
-    }
-    // The knob is read at start: a processor without it from now on.
+}
+
+/// How often the fault loop prints its progress line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// When a fault that is on (`every`) is next due.
+fn next(rng: &mut StdRng, every: Option<Duration>) -> Option<Instant> {
+    every.map(|e| Instant::now() + jittered(rng, e))
+}
+
+/// The abort knob is read at start: the processor runs without it from
+/// now on. An abort while it is being stopped still counts.
+async fn restart_processor_without_aborts(
+    mesh: &mut Mesh,
+    supervisor: &mut Supervisor,
+) -> anyhow::Result<()> {
     supervisor.scrape(mesh).await;
     mesh.set_processor_abort(0);
     let status = mesh
@@ -240,7 +318,6 @@ pub async fn run(
         supervisor.counts.processor_aborts += 1;
     }
     mesh.spawn(Binary::ProcessorSvc)?;
-    supervisor.counts.seconds = started.elapsed().as_secs_f64();
     Ok(())
 }
 
@@ -262,7 +339,7 @@ async fn terminate_backends(
     databases: &[String],
 ) -> anyhow::Result<i64> {
     if killer.as_ref().is_none_or(|c| c.is_closed()) {
-        *killer = Some(harness_client(&ordermesh_platform::testing::server_url()).await?);
+        *killer = Some(harness_client(&ordermesh_testkit::server_url()).await?);
     }
     let client = killer.as_ref().expect("connected above");
     let row = client

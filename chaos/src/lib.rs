@@ -171,6 +171,10 @@ impl Facts {
     }
 }
 
+/// Starts the mesh and funds the accounts, sends the orders while the
+/// faults run, stops the faults (after `--fault-seconds`, or once the load
+/// is done), waits (bounded) for the mesh to go quiet and gathers what the
+/// ledger needs besides the stores.
 async fn chaos(
     args: &Args,
     seed: u64,
@@ -178,35 +182,92 @@ async fn chaos(
     mesh: &mut Mesh,
     broker: &Broker,
 ) -> anyhow::Result<Facts> {
+    let deadline = started + Duration::from_secs_f64(args.deadline_seconds);
+    let (clients, plan, progress) = start(args, seed, deadline, mesh).await?;
+    let load_done = CancellationToken::new();
+    let load = spawn_load(&clients, &plan, args.rate, deadline, &progress, &load_done);
+    let fault_plan = fault_plan(args, seed);
+    let stop = CancellationToken::new();
+    let mut supervisor = Supervisor::default();
+    let (faulted, ()) = tokio::join!(
+        faults::run(
+            mesh,
+            &mut supervisor,
+            broker,
+            &fault_plan,
+            &progress,
+            args.orders,
+            stop.clone()
+        ),
+        stop_faults(args.fault_seconds, deadline, load_done, stop)
+    );
+    if let Err(e) = faulted {
+        load.abort();
+        return Err(e);
+    }
+    say("faults stopped; waiting for the load, then for quiet");
+    let load = load.await.context("the load task")?;
+    let quiet_after = wait_for_quiet(mesh, broker, &mut supervisor, args.quiesce_seconds).await?;
+    supervisor.scrape(mesh).await;
+    let consumers = [
+        consumer(mesh, Binary::ProcessorSvc)?,
+        consumer(mesh, Binary::OrderSvc)?,
+    ];
+    Ok(Facts {
+        plan,
+        load,
+        consumers,
+        supervisor,
+        quiet_after,
+    })
+}
+
+/// Starts the three binaries, connects the harness's clients and opens and
+/// funds the plan's accounts.
+async fn start(
+    args: &Args,
+    seed: u64,
+    deadline: Instant,
+    mesh: &mut Mesh,
+) -> anyhow::Result<(client::Clients, Arc<Plan>, Arc<Progress>)> {
     say("starting order-svc, processor-svc and relay");
     mesh.set_processor_abort(args.processor_abort_permille);
     mesh.start().await?;
     let clients = client::connect(mesh.order_addr, mesh.processor_addr, &mesh.jwt_secret).await?;
     let plan = Arc::new(Plan::new(args.orders, args.customers, seed));
-    let deadline = started + Duration::from_secs_f64(args.deadline_seconds);
     let progress = Arc::new(Progress::default());
     load::open_accounts(&clients, &plan, deadline, &progress).await?;
     say(&format!(
         "{} accounts funded; load and faults start",
         plan.customers.len()
     ));
+    Ok((clients, plan, progress))
+}
 
-    let load_done = CancellationToken::new();
-    let load = tokio::spawn({
-        let (clients, plan, progress, done) = (
-            clients.clone(),
-            plan.clone(),
-            progress.clone(),
-            load_done.clone(),
-        );
-        let rate = args.rate;
-        async move {
-            let report = load::run(&clients, &plan, rate, deadline, &progress).await;
-            done.cancel();
-            report
-        }
-    });
-    let fault_plan = FaultPlan {
+/// Sends the plan's orders on a task of its own; `done` fires when it ends.
+fn spawn_load(
+    clients: &client::Clients,
+    plan: &Arc<Plan>,
+    rate: f64,
+    deadline: Instant,
+    progress: &Arc<Progress>,
+    done: &CancellationToken,
+) -> tokio::task::JoinHandle<load::LoadReport> {
+    let (clients, plan, progress, done) = (
+        clients.clone(),
+        plan.clone(),
+        progress.clone(),
+        done.clone(),
+    );
+    tokio::spawn(async move {
+        let report = load::run(&clients, &plan, rate, deadline, &progress).await;
+        done.cancel();
+        report
+    })
+}
+
+fn fault_plan(args: &Args, seed: u64) -> FaultPlan {
+    FaultPlan {
         relay_kill_every: every(args.relay_kill_every),
         broker_cut_every: every(args.broker_cut_every),
         pg_terminate_every: every(args.pg_terminate_every),
@@ -217,48 +278,41 @@ async fn chaos(
             .map(Duration::from_secs_f64)
             .unwrap_or_else(|| Duration::from_secs_f64(args.orders as f64 / args.rate.max(0.001))),
         seed,
-    };
-    let stop = CancellationToken::new();
-    let stopper = {
-        let stop = stop.clone();
-        let fault_seconds = args.fault_seconds;
-        async move {
-            let until = tokio::time::sleep_until(deadline);
-            match fault_seconds {
-                Some(s) => tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs_f64(s)) => {}
-                    () = until => {}
-                },
-                None => tokio::select! {
-                    () = load_done.cancelled() => {}
-                    () = until => {}
-                },
-            }
-            stop.cancel();
-        }
-    };
-    let mut supervisor = Supervisor::default();
-    let (faulted, ()) = tokio::join!(
-        faults::run(
-            mesh,
-            &mut supervisor,
-            broker,
-            &fault_plan,
-            &progress,
-            args.orders,
-            stop
-        ),
-        stopper
-    );
-    if let Err(e) = faulted {
-        load.abort();
-        return Err(e);
     }
-    say("faults stopped; waiting for the load, then for quiet");
-    let load = load.await.context("the load task")?;
+}
 
+/// Fires `stop` after `fault_seconds`, or (without it) once the load is
+/// done; at the load's deadline in any case.
+async fn stop_faults(
+    fault_seconds: Option<f64>,
+    deadline: Instant,
+    load_done: CancellationToken,
+    stop: CancellationToken,
+) {
+    let until = tokio::time::sleep_until(deadline);
+    match fault_seconds {
+        Some(s) => tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs_f64(s)) => {}
+            () = until => {}
+        },
+        None => tokio::select! {
+            () = load_done.cancelled() => {}
+            () = until => {}
+        },
+    }
+    stop.cancel();
+}
+
+/// Tends the mesh until it is quiet ([`is_quiet`]) or `quiesce_seconds`
+/// have passed; returns after how long, `Err` if it never was.
+async fn wait_for_quiet(
+    mesh: &mut Mesh,
+    broker: &Broker,
+    supervisor: &mut Supervisor,
+    quiesce_seconds: f64,
+) -> anyhow::Result<Result<f64, f64>> {
     let quiet_from = Instant::now();
-    let quiet_deadline = quiet_from + Duration::from_secs_f64(args.quiesce_seconds);
+    let quiet_deadline = quiet_from + Duration::from_secs_f64(quiesce_seconds);
     let quiet_after = loop {
         supervisor.tend(mesh).await?;
         if is_quiet(mesh, broker, supervisor.counts.poison_ids.len())
@@ -278,22 +332,17 @@ async fn chaos(
             "NOT quiet after {t:.0} s; stopping the mesh anyway"
         )),
     }
-    supervisor.scrape(mesh).await;
-    let consumer = |binary: Binary| -> anyhow::Result<(Binary, u32, u64)> {
-        Ok((
-            binary,
-            mesh.starts(binary),
-            metrics::logged_duplicates(binary, &mesh.log_path(binary))?,
-        ))
-    };
-    let consumers = [consumer(Binary::ProcessorSvc)?, consumer(Binary::OrderSvc)?];
-    Ok(Facts {
-        plan,
-        load,
-        consumers,
-        supervisor,
-        quiet_after,
-    })
+    Ok(quiet_after)
+}
+
+/// A consuming service: how many processes it took, and the duplicates
+/// their logs show.
+fn consumer(mesh: &Mesh, binary: Binary) -> anyhow::Result<(Binary, u32, u64)> {
+    Ok((
+        binary,
+        mesh.starts(binary),
+        metrics::logged_duplicates(binary, &mesh.log_path(binary))?,
+    ))
 }
 
 /// Every order terminal, both outboxes empty, no message waiting in a work
@@ -317,7 +366,7 @@ async fn is_quiet(mesh: &Mesh, broker: &Broker, poison: usize) -> anyhow::Result
         .query_one(r#"SELECT count(*) FROM outbox"#, &[])
         .await?
         .get(0);
-    let dlq = ordermesh_platform::amqp::dead_letter_queue(&mesh.processor_queue);
+    let dlq = ordermesh_messaging::amqp::dead_letter_queue(&mesh.processor_queue);
     Ok(outbox == 0
         && broker.waiting(&mesh.waiting_queues()?).await?.is_empty()
         && broker.ready(&dlq).await? as usize >= poison)

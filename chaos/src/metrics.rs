@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ordermesh_platform::metrics::{
+use ordermesh_runtime::metrics::{
     CONSUMER_DEAD_LETTERED, CONSUMER_DUPLICATES, CONSUMER_PROCESSED, CONSUMER_RETRIES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

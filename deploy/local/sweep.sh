@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make sweep: removes what killed test runs left behind on the local servers:
-#   - PostgreSQL databases om_test_% (platform::testing) and ordermesh_smoke_%
+#   - PostgreSQL databases om_test_% (ordermesh-testkit) and ordermesh_smoke_%
 #     (readme-smoke.sh) that nobody is connected to and that are older than
 #     SWEEP_MIN_AGE seconds (default 120);
 #   - RabbitMQ queues and exchanges om-test-*, but only while no client other

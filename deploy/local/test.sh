@@ -3,7 +3,8 @@
 #   tools -> PostgreSQL/RabbitMQ check -> buf lint -> buf breaking and its
 #   self-test -> fmt --check, clippy -> cargo nextest (or cargo test) ->
 #   AsyncAPI check -> deploy/check.sh (chart, Dockerfile, compose) ->
-#   smoke-harness self-test -> README smoke -> REST checks (schemathesis,
+#   smoke-harness self-test -> README, docs/REST.md, docs/AUTH.md smoke ->
+#   Connect/gRPC-Web (protocols.sh) -> REST checks (schemathesis,
 #   Chromium) -> sweep
 # Each step runs even when an earlier one failed; the exit code is non-zero
 # when any did, and a summary closes the output.
@@ -48,6 +49,8 @@ if [[ -f deploy/check.sh ]]; then
 fi
 step "smoke harness self-test" bash deploy/local/readme-smoke-selftest.sh
 step "README smoke (deploy/local/readme-smoke.sh)" bash deploy/local/readme-smoke.sh
+step "docs/REST.md smoke" env SMOKE_README=docs/REST.md bash deploy/local/readme-smoke.sh
+step "docs/AUTH.md smoke" env SMOKE_README=docs/AUTH.md bash deploy/local/readme-smoke.sh
 step "Connect, gRPC-Web, gRPC and CORS with buf curl (deploy/local/protocols.sh)" bash deploy/local/protocols.sh
 step "REST checks: schemathesis, /docs in Chromium (deploy/local/rest-checks.sh)" bash deploy/local/rest-checks.sh
 step "sweep" bash deploy/local/sweep.sh

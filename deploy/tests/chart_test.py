@@ -627,7 +627,7 @@ PROMETHEUSRULE_SCHEMA = TESTS_DIR / "prometheusrule.schema.json"
 GRAFANA_SOURCE = ROOT / "deploy" / "grafana" / "ordermesh.json"
 GRAFANA_COPY = CHART / "files" / "grafana" / "ordermesh.json"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
-METRICS_RS = ROOT / "platform" / "src" / "metrics.rs"
+METRICS_RS = ROOT / "runtime" / "src" / "metrics.rs"
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
 TLS_VARS = ("TLS_CERT_FILE", "TLS_KEY_FILE", "PG_CA_FILE", "AMQP_CA_FILE")
 OPERABLE = render("-f", str(OPERABLE_VALUES), secret=False)
@@ -774,7 +774,7 @@ class OperableChart(unittest.TestCase):
         for name, metric in metrics.items():
             expr = alerts[name]["expr"]
             self.assertIn(f'{metric}{{namespace="ordermesh"}}', expr, name)
-            self.assertIn(f'"{metric}"', exported, f"{metric} is not in platform/src/metrics.rs")
+            self.assertIn(f'"{metric}"', exported, f"{metric} is not in runtime/src/metrics.rs")
             self.assertEqual(alerts[name]["for"], "5m")
             self.assertEqual(alerts[name]["labels"]["severity"], "warning")
             # Prometheus templates reach the rule unexpanded by helm.

@@ -1,10 +1,12 @@
 //! The consumer of the processor's answers: decodes each delivery (a payment
 //! result or a refund) and applies it through the store, where the inbox
-//! makes it exactly-once. The platform loop turns the verdict into ack
-//! (`Ok`), dead-letter (`Poison`: undecodable, or data the database
-//! refuses) or retry (`Transient`: anything else, e.g. a lost connection).
+//! makes it exactly-once. The messaging crate's consumer loop turns the
+//! verdict into ack (`Ok`), dead-letter at once (`Poison`: undecodable, or
+//! data the database refuses, by the one classification of
+//! `ordermesh_messaging::classify`) or retry (`Transient`: anything else,
+//! e.g. a lost connection), then dead-letter after the last attempt.
 
-use ordermesh_platform::amqp::{HandleError, Handler, Message};
+use ordermesh_messaging::amqp::{HandleError, Handler, Message};
 
 use crate::domain::{PaymentEvent, PaymentResult, Refund};
 use crate::error::Error;
@@ -69,7 +71,7 @@ impl PaymentResults {
 }
 
 impl Handler for PaymentResults {
-    // A child of the platform's consumer span (`<queue> process`).
+    // A child of the consumer loop's span (`<queue> process`).
     #[tracing::instrument(
         name = "apply payment result",
         skip_all,
@@ -83,12 +85,11 @@ impl Handler for PaymentResults {
             PaymentEvent::Decided(result) => self.apply_result(&message.id, result).await,
             PaymentEvent::Refunded(refund) => self.apply_refund(&message.id, refund).await,
         };
-        applied.map_err(|e| match e {
-            e if e.is_data_rejected() => {
-                HandleError::Poison(format!("the database rejects the event: {e:#}"))
-            }
-            Error::Unavailable(e) | Error::Internal(e) => HandleError::Transient(e),
-            other => HandleError::Transient(other.into()),
+        applied.map_err(|e| {
+            HandleError::classified(match e {
+                Error::Unavailable(e) | Error::Internal(e) => e,
+                other => other.into(),
+            })
         })
     }
 }

@@ -3,7 +3,7 @@
 //! payment results and refunds it reads (decoded by routing key; anything
 //! else is refused).
 
-use ordermesh_platform::outbox::OutboxEvent;
+use ordermesh_messaging::outbox::OutboxEvent;
 use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1 as pb;
 use prost::{Message as _, Name};

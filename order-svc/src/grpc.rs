@@ -10,9 +10,9 @@
 //! without `customer_id` lists the caller's own. An admin token acts for
 //! every customer.
 
-use ordermesh_platform::auth::{self, Caller};
-use ordermesh_platform::grpc::invalid_field;
+use ordermesh_auth::{self as auth, Caller};
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_runtime::grpc::invalid_field;
 use pb::order_service_server::OrderService;
 use tonic::{Request, Response, Status};
 
@@ -166,7 +166,7 @@ impl OrderApi {
 /// is ignored, as tonic ignores it.
 fn deadline<T>(request: &Request<T>) -> Option<tokio::time::Instant> {
     let timeout = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let timeout = ordermesh_platform::rest::parse_grpc_timeout(timeout)?;
+    let timeout = ordermesh_gateway::rest::parse_grpc_timeout(timeout)?;
     tokio::time::Instant::now().checked_add(timeout)
 }
 

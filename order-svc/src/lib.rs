@@ -8,7 +8,7 @@
 //! results), [`watch`] (WatchOrder's LISTEN fan-out), [`pending`] (the
 //! oldest-PENDING gauge), [`error`]. This file holds the configuration and
 //! [`run`], which `main.rs` and the integration tests both call. Every call
-//! needs a bearer token (see `ordermesh_platform::auth`); a customer reaches
+//! needs a bearer token (see `ordermesh_auth`); a customer reaches
 //! only its own orders ([`grpc`]).
 
 pub mod consumer;
@@ -20,17 +20,16 @@ pub mod pending;
 pub mod store;
 pub mod watch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, ConsumerStatus, QueueSpec};
-use ordermesh_platform::auth::{Auth, AuthConfig};
-use ordermesh_platform::config::{self, ConfigError, Env};
-use ordermesh_platform::health::{Probe, Readiness};
-use ordermesh_platform::redelivery::RetryPolicy;
+use ordermesh_auth::{Auth, AuthConfig};
+use ordermesh_messaging::amqp::{BrokerConfig, ConsumerConfig, ConsumerStatus, QueueSpec};
+use ordermesh_messaging::redelivery::RetryPolicy;
 use ordermesh_proto::order::v1::order_service_server::SERVICE_NAME;
+use ordermesh_runtime::config::{self, ConfigError, Env, Var};
+use ordermesh_runtime::health::Probe;
+use ordermesh_runtime::service::{Names, OwnConfig, Service, ServiceConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -46,26 +45,14 @@ pub const ENV_QUEUE: &str = "ORDER_QUEUE";
 pub const DEFAULT_QUEUE: &str = "ordermesh.order-svc.payment-results";
 pub const ENV_PREFETCH: &str = "AMQP_PREFETCH";
 pub const DEFAULT_PREFETCH: u16 = 64;
-pub const ENV_POOL_SIZE: &str = "DB_POOL_SIZE";
-pub const DEFAULT_POOL_SIZE: usize = 16;
-pub const ENV_SHUTDOWN_GRACE: &str = "SHUTDOWN_GRACE_MS";
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(10_000);
 
-/// Everything order-svc needs to start.
+/// Everything order-svc needs to start: what every service reads, and
+/// [`OrderConfig`] (`config.queue`, ...). `Config::help()` lists it all.
+pub type Config = ServiceConfig<OrderConfig>;
+
+/// What order-svc reads besides what every service reads.
 #[derive(Debug, Clone)]
-pub struct Config {
-    /// Where `main` binds the gRPC listener (`run` takes it bound).
-    pub addr: SocketAddr,
-    /// The service's own database (and its `sslmode`); created at start
-    /// when missing.
-    pub database: ordermesh_platform::db::DbConfig,
-    /// TLS for the gRPC/REST port (`TLS_CERT_FILE`, `TLS_KEY_FILE`);
-    /// `None` serves plaintext.
-    pub tls: Option<ordermesh_platform::tls::ServerTls>,
-    /// Browser origins allowed to call the port (`CORS_ALLOWED_ORIGINS`);
-    /// none by default.
-    pub cors: ordermesh_platform::cors::CorsConfig,
-    pub db_pool_size: usize,
+pub struct OrderConfig {
     pub broker: BrokerConfig,
     /// Durable queue of payment results, bound to both result keys.
     pub queue: String,
@@ -74,12 +61,8 @@ pub struct Config {
     /// Retries of a transiently failed payment result (`AMQP_MAX_ATTEMPTS`,
     /// `AMQP_RETRY_BASE_MS`, `AMQP_RETRY_MAX_MS`).
     pub retry: RetryPolicy,
-    /// How long the tasks get to drain after shutdown is requested.
-    pub shutdown_grace: Duration,
     /// Inbox entries older than this are deleted (`INBOX_RETENTION_HOURS`).
     pub inbox_retention: Duration,
-    /// Larger gRPC request messages are refused (`GRPC_MAX_MESSAGE_BYTES`).
-    pub max_message_bytes: usize,
     /// Bearer token verification and rate limits (`AUTH_JWT_SECRET`,
     /// `AUTH_JWT_PUBLIC_KEYS`, `AUTH_JWKS_FILE`, `RATE_LIMIT_*`).
     pub auth: AuthConfig,
@@ -88,42 +71,32 @@ pub struct Config {
     pub pending_age_interval: Duration,
 }
 
-impl Config {
-    /// Reads the variables of the README's configuration table; a bad
-    /// value is an error naming the variable.
-    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
-        let addr_text = config::string(env, ENV_ADDR, DEFAULT_ADDR);
-        let addr = addr_text
-            .parse()
-            .map_err(|e| config::invalid(ENV_ADDR, &addr_text, e))?;
-        let url = config::string(env, ENV_DATABASE_URL, DEFAULT_DATABASE_URL);
-        let database = ordermesh_platform::db::parse_url(env, ENV_DATABASE_URL, &url)?;
-        let db_pool_size = config::parse(env, ENV_POOL_SIZE, DEFAULT_POOL_SIZE)?;
-        if db_pool_size == 0 {
-            return Err(config::invalid(ENV_POOL_SIZE, 0, "must be at least 1"));
-        }
-        let prefetch = config::parse(env, ENV_PREFETCH, DEFAULT_PREFETCH)?;
-        if prefetch == 0 {
-            return Err(config::invalid(ENV_PREFETCH, 0, "must be at least 1"));
-        }
+impl OwnConfig for OrderConfig {
+    const NAMES: Names = Names {
+        addr: (ENV_ADDR, DEFAULT_ADDR),
+        database_url: (ENV_DATABASE_URL, DEFAULT_DATABASE_URL),
+    };
+    const VARS: &'static [Var] = &[Var::new(
+        ENV_QUEUE,
+        DEFAULT_QUEUE,
+        "name",
+        "its work queue (payment results); retry and dead-letter queues are named after it",
+    )];
+
+    fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            addr,
-            database,
-            tls: ordermesh_platform::tls::ServerTls::from_env(env)?,
-            cors: ordermesh_platform::cors::CorsConfig::from_env(env)?,
-            db_pool_size,
-            broker: BrokerConfig::from_env(env)?,
             queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
-            prefetch,
+            broker: BrokerConfig::from_env(env)?,
+            prefetch: config::at_least_one(env, ENV_PREFETCH, DEFAULT_PREFETCH)?,
             retry: RetryPolicy::from_env(env)?,
-            shutdown_grace: config::millis(env, ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE)?,
-            inbox_retention: ordermesh_platform::inbox::retention_from_env(env)?,
-            max_message_bytes: ordermesh_platform::grpc::max_message_bytes(env)?,
+            inbox_retention: ordermesh_messaging::inbox::retention_from_env(env)?,
             auth: AuthConfig::from_env(env)?,
             pending_age_interval: pending::DEFAULT_INTERVAL,
         })
     }
+}
 
+impl OrderConfig {
     /// How the payment-result consumer runs, including its queue topology.
     pub fn consumer_config(&self) -> ConsumerConfig {
         ConsumerConfig {
@@ -141,21 +114,22 @@ impl Config {
     }
 }
 
-/// Creates the database if missing and applies the migrations.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    ordermesh_platform::db::connect_and_migrate(
-        &config.database,
-        1,
+/// The database's migrations: the outbox and inbox, then the service's own.
+fn migrations() -> Vec<refinery::Runner> {
+    vec![
+        ordermesh_messaging::migrations(),
         embedded::migrations::runner(),
-        &CancellationToken::new(),
-    )
-    .await?;
-    Ok(())
+    ]
 }
 
-/// Runs the service on `listener` until `shutdown` fires: migrates, serves
-/// gRPC (with health and reflection) and consumes payment results, then
-/// drains within `config.shutdown_grace`.
+/// Creates the database if missing and applies the migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    config.migrate(migrations()).await
+}
+
+/// Runs the service on `listener` until `shutdown` fires: loads the token
+/// keys, migrates, serves gRPC (with health and reflection) and consumes
+/// payment results, then drains within `config.shutdown_grace`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -163,99 +137,64 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The token keys first: without them the service does not start.
     let auth = Arc::new(Auth::load(&config.auth).await?);
-    let pool = ordermesh_platform::db::connect_and_migrate(
-        &config.database,
-        config.db_pool_size,
-        embedded::migrations::runner(),
-        &shutdown,
-    )
-    .await
-    .context("prepare the database")?;
+    let (mut service, pool) =
+        Service::start(&config, SERVICE_NAME, migrations(), &shutdown).await?;
     let store = store::Store::new(pool.clone());
-    let expiry_pool = pool.clone();
-    let pending_store = store.clone();
     let watch_hub = watch::WatchHub::new(&config.database, shutdown.clone());
-
-    let (health_reporter, health) = ordermesh_platform::grpc::health(SERVICE_NAME).await;
-    // Ready (gRPC health SERVING, /readyz 200) while the database answers,
-    // the consumer is connected and WatchOrder's LISTEN connection is up.
-    let readiness = Readiness::with_grpc(health_reporter, &[SERVICE_NAME]).await;
-    let consumer_status = ConsumerStatus::new(&config.queue);
-    let probes = vec![
-        Probe::Database {
-            name: config.database.get_dbname().unwrap_or_default().to_owned(),
-            pool,
-        },
-        Probe::Consumer(consumer_status.clone()),
-        Probe::Flag {
-            name: "order watch LISTEN connection".to_owned(),
-            up: watch_hub.connected(),
-        },
-    ];
-    let routes = tonic::service::Routes::new(health).add_service(
-        grpc::OrderApi::new(store.clone(), watch_hub.clone())
-            .into_server()
-            .max_decoding_message_size(config.max_message_bytes),
-    );
-    // /healthz, /readyz and /metrics on the gRPC port.
-    let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness);
+    add_tasks(&mut service, &config, &store, &watch_hub, pool);
+    let api = grpc::OrderApi::new(store, watch_hub)
+        .into_server()
+        .max_decoding_message_size(config.max_message_bytes);
     // Bearer tokens on every call but health, reflection and the
     // operational routes; rate limits per caller.
-    let routes = ordermesh_platform::auth::protect(routes, auth);
+    let routes =
+        |routes: tonic::service::Routes| ordermesh_auth::protect(routes.add_service(api), auth);
+    service.serve(listener, routes).await
+}
 
-    let mut tasks = ordermesh_platform::tasks::Tasks::new(shutdown.clone());
-    tasks.spawn(
-        "grpc",
-        ordermesh_platform::grpc::serve_with(
-            listener,
-            routes,
-            config.tls.clone(),
-            config.cors.clone(),
-            shutdown.clone(),
-        ),
+/// order-svc's own tasks and probes: ready while the database answers, the
+/// consumer is connected and WatchOrder's LISTEN connection is up.
+fn add_tasks(
+    service: &mut Service,
+    config: &Config,
+    store: &store::Store,
+    watch_hub: &watch::WatchHub,
+    pool: deadpool_postgres::Pool,
+) {
+    let shutdown = service.shutdown();
+    let consumer_status = ConsumerStatus::new(&config.queue);
+    let payment_results = ordermesh_messaging::amqp::run_consumer_with_status(
+        config.consumer_config(),
+        Arc::new(consumer::PaymentResults::new(store.clone())),
+        consumer_status.clone(),
+        shutdown.clone(),
     );
-    tasks.spawn(
-        "readiness",
-        ordermesh_platform::health::watch(readiness, probes, shutdown.clone()),
-    );
-    tasks.spawn("order watch", watch_hub.run());
-    tasks.spawn(
-        "inbox expiry",
-        ordermesh_platform::inbox::run_expiry(
-            expiry_pool,
-            config.inbox_retention,
-            shutdown.clone(),
-        ),
-    );
-    tasks.spawn(
-        "oldest pending order",
-        pending::run(pending_store, config.pending_age_interval, shutdown.clone()),
-    );
-    tasks.spawn(
-        "payment-results",
-        ordermesh_platform::amqp::run_consumer_with_status(
-            config.consumer_config(),
-            Arc::new(consumer::PaymentResults::new(store)),
-            consumer_status,
-            shutdown,
-        ),
-    );
-    tasks.join(config.shutdown_grace).await
+    let retention = config.inbox_retention;
+    let pending_age = pending::run(store.clone(), config.pending_age_interval, shutdown.clone());
+    service
+        .probe(ordermesh_messaging::probe::consumer(consumer_status))
+        .probe(Probe::Flag {
+            name: "order watch LISTEN connection".to_owned(),
+            up: watch_hub.connected(),
+        })
+        .spawn("order watch", watch_hub.clone().run())
+        .spawn(
+            "inbox expiry",
+            ordermesh_messaging::inbox::run_expiry(pool, retention, shutdown),
+        )
+        .spawn("oldest pending order", pending_age)
+        .spawn("payment-results", payment_results);
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use ordermesh_runtime::service;
 
     use super::*;
 
-    fn env(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
-        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-    }
-
     #[test]
     fn defaults_match_the_contract() {
-        let c = Config::from_env(&env(&[])).unwrap();
+        let c = Config::from_env(&config::Recording::default()).unwrap();
         assert_eq!(c.addr.to_string(), DEFAULT_ADDR);
         assert_eq!(c.database.get_dbname(), Some("ordermesh_orders"));
         assert_eq!(c.queue, DEFAULT_QUEUE);
@@ -275,14 +214,20 @@ mod tests {
         for (name, value) in [
             (ENV_ADDR, "localhost"),
             (ENV_DATABASE_URL, "postgres://u@h:5432"),
-            (ENV_POOL_SIZE, "0"),
-            (ENV_POOL_SIZE, "lots"),
+            (service::ENV_DB_POOL_SIZE, "0"),
+            (service::ENV_DB_POOL_SIZE, "lots"),
             (ENV_PREFETCH, "0"),
             (ENV_PREFETCH, "70000"),
-            (ENV_SHUTDOWN_GRACE, "-1"),
+            (service::ENV_SHUTDOWN_GRACE_MS, "-1"),
         ] {
-            let err = Config::from_env(&env(&[(name, value)])).unwrap_err();
+            let err = Config::from_env(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name, "{err}");
         }
+    }
+
+    #[test]
+    fn help_lists_every_variable_read_with_its_default() {
+        let elsewhere = service::vars::read_at_start();
+        config::check_listed(&Config::vars(), &elsewhere, Config::from_env).unwrap();
     }
 }

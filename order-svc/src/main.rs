@@ -3,13 +3,17 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use order_svc::Config;
-use ordermesh_platform::{config::ProcessEnv, shutdown, telemetry};
+use ordermesh_runtime::{config::ProcessEnv, service, shutdown, telemetry};
 
 #[derive(Parser)]
-#[command(name = "order-svc", version, about = "The ordermesh OrderService")]
+#[command(
+    name = "order-svc",
+    version,
+    about = "The ordermesh OrderService",
+    after_help = Config::help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -25,34 +29,17 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let cli = Cli::parse();
-    let config = match Config::from_env(&ProcessEnv) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("order-svc: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let config = service::config_or_exit(Config::from_env(&ProcessEnv));
+    telemetry::init();
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => order_svc::migrate(&config).await,
         Command::Serve => serve(config).await,
+        Command::Migrate => order_svc::migrate(&config).await,
     };
-    // Export the spans still queued before the process exits.
-    telemetry::shutdown().await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "order-svc failed");
-            ExitCode::FAILURE
-        }
-    }
+    service::exit("order-svc", result).await
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("bind {}", config.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "order-svc listening (gRPC)");
+    let listener = service::bind("order-svc", config.addr, config.tls.is_some()).await?;
     order_svc::run(config, listener, shutdown::on_signal()).await
 }

@@ -1,13 +1,11 @@
 //! Makes a stuck order visible: every few seconds the age of the oldest
-//! PENDING order goes into the gauge
-//! [`ORDERS_OLDEST_PENDING`](ordermesh_platform::metrics::ORDERS_OLDEST_PENDING)
-//! (0 when none is PENDING). Every accepted order should leave PENDING
+//! PENDING order goes into the gauge [`ORDERS_OLDEST_PENDING`] (0 when none is PENDING). Every accepted order should leave PENDING
 //! within seconds, paid or failed; a gauge that keeps growing means one
 //! did not (its event parked, dead-lettered or lost).
 
 use std::time::Duration;
 
-use ordermesh_platform::metrics::ORDERS_OLDEST_PENDING;
+use ordermesh_runtime::metrics::ORDERS_OLDEST_PENDING;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
@@ -24,7 +22,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Installs the recorder first, so the description is kept.
-    ordermesh_platform::metrics::handle();
+    ordermesh_runtime::metrics::handle();
     ::metrics::describe_gauge!(
         ORDERS_OLDEST_PENDING,
         ::metrics::Unit::Seconds,

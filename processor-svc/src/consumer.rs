@@ -11,7 +11,8 @@
 //!
 //! The two events of one order may arrive in either order, or at once.
 //! An `order.created` the database refuses to settle (data it rejects: a
-//! CHECK, a value out of range, text it cannot store) is poison, but it has
+//! CHECK, a value out of range, text it cannot store; the one
+//! classification of `ordermesh_messaging::classify`) is poison, but it has
 //! an order to end: it is answered with `payment.failed` and the reason
 //! `rejected: <class>` in a fresh transaction ([`Store::reject_order`]), so
 //! the order becomes FAILED instead of waiting in the dead-letter queue.
@@ -26,8 +27,9 @@
 //! (`PROCESSOR_CHAOS_ABORT_AFTER_COMMIT_PERMILLE`, off by default): it
 //! crashes the process between a settlement's commit and its ack.
 
-use ordermesh_platform::amqp::{HandleError, Handler, Message};
-use ordermesh_platform::outbox::OutboxEvent;
+use ordermesh_messaging::amqp::{HandleError, Handler, Message};
+use ordermesh_messaging::classify::{Disposition, classify};
+use ordermesh_messaging::outbox::OutboxEvent;
 use ordermesh_proto::events::v1 as events;
 
 use crate::Error;
@@ -109,7 +111,7 @@ impl OrderEventHandler {
         self
     }
 
-    // The spans below are children of the platform's consumer span
+    // The spans below are children of the consumer loop's span
     // (`<queue> process`), which carries the messaging attributes and
     // continues the message's trace.
     #[tracing::instrument(
@@ -127,10 +129,9 @@ impl OrderEventHandler {
         let settlement = match settled {
             Ok(settlement) => settlement,
             Err(e) => {
-                let rejection = e.rejection();
                 let error = anyhow::Error::from(e);
                 // The same data would be refused again: fail the order.
-                let Some(class) = rejection else {
+                let Disposition::Poison(class) = classify(&error) else {
                     return Err(HandleError::Transient(error));
                 };
                 tracing::warn!(
@@ -233,15 +234,10 @@ impl Handler for OrderEventHandler {
     }
 }
 
-/// Data the database refuses is poison; any other failure may pass.
+/// Data the database refuses is poison, dead-lettered at once; any other
+/// failure may pass ([`HandleError::classified`]).
 fn store_error(e: Error) -> HandleError {
-    let rejected = e.is_data_rejected();
-    let error = anyhow::Error::from(e);
-    if rejected {
-        HandleError::Poison(format!("the database rejects the event: {error:#}"))
-    } else {
-        HandleError::Transient(error)
-    }
+    HandleError::classified(e.into())
 }
 
 /// The event a message carries, by its routing key, or why there is none.

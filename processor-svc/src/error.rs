@@ -1,7 +1,10 @@
 //! The one error type of the service's domain and store. gRPC handlers turn
 //! it into a `tonic::Status` (see `grpc.rs`); the consumer treats data the
-//! database rejects ([`Error::rejection`]) as poison and every other
-//! variant it can meet as transient.
+//! database rejects ([`Error::is_data_rejected`], by
+//! `ordermesh_messaging::classify`) as poison and every other variant it can
+//! meet as transient.
+
+use ordermesh_messaging::classify::{Disposition, classify_db};
 
 /// Why an operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -43,38 +46,14 @@ pub enum Error {
 
 impl Error {
     /// Whether the database refused the data itself, so that retrying the
-    /// same input cannot help: SQLSTATE class 22 (data exception, e.g. a NUL
-    /// character in text, a number out of range) or 23 (integrity
-    /// constraint, e.g. a CHECK), except 23505 unique violations, which the
-    /// idempotency keys expect and a retry resolves as a duplicate.
+    /// same input cannot help: poison by the one classification of
+    /// `ordermesh_messaging::classify` (SQLSTATE class 22 or 23, except
+    /// 23505 unique violations, which the idempotency keys expect).
     pub fn is_data_rejected(&self) -> bool {
-        self.rejection().is_some()
-    }
-
-    /// For data the database refused (see [`Error::is_data_rejected`]), a
-    /// short name of what was wrong, fit for a reason a customer may read:
-    /// no value, table or constraint names.
-    pub fn rejection(&self) -> Option<&'static str> {
-        let Self::Database(e) = self else {
-            return None;
-        };
-        let code = e.code()?.code();
-        let class = match code {
-            "23505" => return None,
-            "22001" => "value too long",
-            "22003" => "number out of range",
-            "22012" => "division by zero",
-            "22021" | "22P05" => "invalid text",
-            "22P02" => "invalid value",
-            "23502" => "missing value",
-            "23503" => "unknown reference",
-            "23514" => "check violation",
-            "23P01" => "exclusion violation",
-            c if c.starts_with("22") => "invalid data",
-            c if c.starts_with("23") => "integrity violation",
-            _ => return None,
-        };
-        Some(class)
+        matches!(
+            self,
+            Self::Database(e) if matches!(classify_db(e), Disposition::Poison(_))
+        )
     }
 
     pub(crate) fn invalid(field: &'static str, description: impl Into<String>) -> Self {

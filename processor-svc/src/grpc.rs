@@ -8,7 +8,7 @@
 //! probed), except CreateAccount, which is PERMISSION_DENIED. An admin
 //! token acts for every customer.
 
-use ordermesh_platform::auth::{self, Caller};
+use ordermesh_auth::{self as auth, Caller};
 use ordermesh_proto::payment::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -152,7 +152,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {
             Error::InvalidArgument { field, description } => {
-                ordermesh_platform::grpc::invalid_field(field, description)
+                ordermesh_runtime::grpc::invalid_field(field, description)
             }
             Error::AccountNotFound(id) => Status::not_found(format!("account {id:?} not found")),
             Error::AccountExists(id) => {

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use ordermesh_platform::page_token;
+use ordermesh_runtime::page_token;
 
 use crate::Error;
 use crate::account::parse_customer_id;

@@ -28,16 +28,14 @@ pub mod ledger;
 pub mod rules;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use ordermesh_platform::amqp::{BrokerConfig, ConsumerConfig, ConsumerStatus, QueueSpec};
-use ordermesh_platform::auth::{Auth, AuthConfig, Role, Signer, TokenConfig};
-use ordermesh_platform::config::{self, ConfigError, Env};
-use ordermesh_platform::health::{Probe, Readiness};
-use ordermesh_platform::redelivery::RetryPolicy;
+use ordermesh_auth::{Auth, AuthConfig, Role, Signer, TokenConfig};
+use ordermesh_messaging::amqp::{BrokerConfig, ConsumerConfig, ConsumerStatus, QueueSpec};
+use ordermesh_messaging::redelivery::RetryPolicy;
+use ordermesh_runtime::config::{self, ConfigError, Env, Var};
+use ordermesh_runtime::service::{Names, OwnConfig, Service, ServiceConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -62,10 +60,6 @@ pub const ENV_EMBARGOED_SKUS: &str = "EMBARGOED_SKUS";
 pub const DEFAULT_EMBARGOED_SKUS: &[&str] = &["pineapple_pizza", "teapot"];
 pub const ENV_PREFETCH: &str = "AMQP_PREFETCH";
 pub const DEFAULT_PREFETCH: u16 = 64;
-pub const ENV_DB_POOL_SIZE: &str = "DB_POOL_SIZE";
-pub const DEFAULT_DB_POOL_SIZE: usize = 16;
-pub const ENV_SHUTDOWN_GRACE_MS: &str = "SHUTDOWN_GRACE_MS";
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Fault injection, for chaos runs only (`make chaos`): the process aborts
 /// after this many of every 1,000 committed settlements, between the commit
 /// and the ack, so the broker redelivers a message whose effect is already
@@ -74,24 +68,82 @@ pub const ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE: &str =
     "PROCESSOR_CHAOS_ABORT_AFTER_COMMIT_PERMILLE";
 pub const DEFAULT_CHAOS_ABORT_AFTER_COMMIT_PERMILLE: u16 = 0;
 
+/// processor-svc's own variables, as `--help` and docs/CONFIGURATION.md
+/// list them (besides its address and database).
+const OWN_VARS: &[Var] = &[
+    Var::new(
+        ENV_QUEUE,
+        DEFAULT_QUEUE,
+        "name",
+        "its work queue (order.created and order.cancelled)",
+    ),
+    Var::new(
+        ENV_EMBARGOED_SKUS,
+        "pineapple_pizza,teapot",
+        "list",
+        "SKUs an order may not contain, comma-separated",
+    ),
+    Var::unset(
+        ordermesh_auth::ENV_SIGNING_KEY_FILE,
+        "signs with AUTH_JWT_SECRET",
+        "path",
+        "PEM private key (RS256 or EdDSA) for the tokens it issues",
+    ),
+    Var::new(
+        ordermesh_auth::ENV_TOKEN_TTL_S,
+        "3600",
+        "s",
+        "lifetime of the tokens it issues",
+    ),
+    Var::new(
+        auth::ENV_HASH_WAIT_MS,
+        "2000",
+        "ms",
+        "longest wait for a password-hashing slot, then RESOURCE_EXHAUSTED",
+    ),
+    Var::new(
+        auth::ENV_LOGIN_MAX_FAILURES,
+        "5",
+        "count",
+        "failed logins before a customer id is locked",
+    ),
+    Var::new(
+        auth::ENV_LOGIN_LOCKOUT_MS,
+        "30000",
+        "ms",
+        "first lock; doubles after each further failure",
+    ),
+    Var::new(
+        auth::ENV_LOGIN_LOCKOUT_MAX_MS,
+        "900000",
+        "ms",
+        "longest lock",
+    ),
+    Var::new(
+        auth::ENV_LOGIN_FAILURE_WINDOW_MS,
+        "3600000",
+        "ms",
+        "failures are forgotten after this long without one",
+    ),
+    Var::new(
+        ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE,
+        "0",
+        "permille",
+        "fault injection for make chaos only: abort after this many of 1,000 settlements, between commit and ack. Never in production",
+    ),
+];
+
 /// The gRPC service name, as health checks and reflection know it.
 pub const GRPC_SERVICE: &str =
     <ordermesh_proto::payment::v1::account_service_server::AccountServiceServer<AccountApi> as NamedService>::NAME;
 
-/// Everything the service reads from the environment.
+/// Everything processor-svc needs to start: what every service reads, and
+/// [`ProcessorConfig`] (`config.queue`, ...). `Config::help()` lists it all.
+pub type Config = ServiceConfig<ProcessorConfig>;
+
+/// What processor-svc reads besides what every service reads.
 #[derive(Debug, Clone)]
-pub struct Config {
-    /// Where `main` binds gRPC; tests bind their own listener.
-    pub addr: SocketAddr,
-    /// The processor's database (and its `sslmode`; created when missing).
-    pub database: ordermesh_platform::db::DbConfig,
-    /// TLS for the gRPC/REST port (`TLS_CERT_FILE`, `TLS_KEY_FILE`);
-    /// `None` serves plaintext.
-    pub tls: Option<ordermesh_platform::tls::ServerTls>,
-    /// Browser origins allowed to call the port (`CORS_ALLOWED_ORIGINS`);
-    /// none by default.
-    pub cors: ordermesh_platform::cors::CorsConfig,
-    pub db_pool_size: usize,
+pub struct ProcessorConfig {
     pub broker: BrokerConfig,
     /// The queue bound to `order.created` and `order.cancelled`; dead
     /// letters go to `<queue>.dlq`.
@@ -99,12 +151,8 @@ pub struct Config {
     /// Deliveries in flight at once.
     pub prefetch: u16,
     pub embargo: Embargo,
-    /// How long in-flight work may take to finish after shutdown.
-    pub shutdown_grace: Duration,
     /// Inbox entries older than this are deleted (`INBOX_RETENTION_HOURS`).
     pub inbox_retention: Duration,
-    /// Larger gRPC request messages are refused (`GRPC_MAX_MESSAGE_BYTES`).
-    pub max_message_bytes: usize,
     /// Retries of a transiently failed event (`AMQP_MAX_ATTEMPTS`,
     /// `AMQP_RETRY_BASE_MS`, `AMQP_RETRY_MAX_MS`).
     pub retry: RetryPolicy,
@@ -122,57 +170,31 @@ pub struct Config {
     pub login: LoginPolicy,
 }
 
-impl Config {
-    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
-        let addr = config::parse(env, ENV_ADDR, default_addr())?;
-        let url = config::string(env, ENV_DATABASE_URL, DEFAULT_DATABASE_URL);
-        let database = ordermesh_platform::db::parse_url(env, ENV_DATABASE_URL, &url)?;
-        let db_pool_size = config::parse(env, ENV_DB_POOL_SIZE, DEFAULT_DB_POOL_SIZE)?;
-        if db_pool_size == 0 {
-            return Err(config::invalid(ENV_DB_POOL_SIZE, 0, "must be at least 1"));
-        }
-        let prefetch = config::parse(env, ENV_PREFETCH, DEFAULT_PREFETCH)?;
-        if prefetch == 0 {
-            return Err(config::invalid(ENV_PREFETCH, 0, "must be at least 1"));
-        }
-        let embargo = Embargo::new(config::list(
-            env,
-            ENV_EMBARGOED_SKUS,
-            DEFAULT_EMBARGOED_SKUS,
-        ));
-        let abort_permille = config::parse(
-            env,
-            ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE,
-            DEFAULT_CHAOS_ABORT_AFTER_COMMIT_PERMILLE,
-        )?;
-        if abort_permille > 1000 {
-            return Err(config::invalid(
-                ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE,
-                abort_permille,
-                "must be at most 1000",
-            ));
-        }
+impl OwnConfig for ProcessorConfig {
+    const NAMES: Names = Names {
+        addr: (ENV_ADDR, DEFAULT_ADDR),
+        database_url: (ENV_DATABASE_URL, DEFAULT_DATABASE_URL),
+    };
+    const VARS: &'static [Var] = OWN_VARS;
+
+    fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let skus = config::list(env, ENV_EMBARGOED_SKUS, DEFAULT_EMBARGOED_SKUS);
         Ok(Self {
-            addr,
-            database,
-            tls: ordermesh_platform::tls::ServerTls::from_env(env)?,
-            cors: ordermesh_platform::cors::CorsConfig::from_env(env)?,
-            db_pool_size,
+            prefetch: config::at_least_one(env, ENV_PREFETCH, DEFAULT_PREFETCH)?,
+            chaos_abort_after_commit: abort_after_commit(env)?,
+            embargo: Embargo::new(skus),
             broker: BrokerConfig::from_env(env)?,
             queue: config::string(env, ENV_QUEUE, DEFAULT_QUEUE),
-            prefetch,
-            embargo,
-            shutdown_grace: config::millis(env, ENV_SHUTDOWN_GRACE_MS, DEFAULT_SHUTDOWN_GRACE)?,
-            inbox_retention: ordermesh_platform::inbox::retention_from_env(env)?,
-            max_message_bytes: ordermesh_platform::grpc::max_message_bytes(env)?,
+            inbox_retention: ordermesh_messaging::inbox::retention_from_env(env)?,
             retry: RetryPolicy::from_env(env)?,
-            chaos_abort_after_commit: AbortAfterCommit::new(abort_permille),
             auth: AuthConfig::from_env(env)?,
             tokens: TokenConfig::from_env(env)?,
             login: LoginPolicy::from_env(env)?,
         })
     }
+}
 
+impl ProcessorConfig {
     /// The consumer's queue, bound to both events of an order. Handlers run
     /// concurrently, so a cancel may be applied before its order's charge;
     /// the store gives the same result either way.
@@ -183,10 +205,26 @@ impl Config {
             routing_keys: vec![ORDER_CREATED.to_owned(), ORDER_CANCELLED.to_owned()],
         }
     }
+
+    /// How the order-event consumer runs, including its queue topology.
+    pub fn consumer_config(&self) -> ConsumerConfig {
+        ConsumerConfig {
+            broker: self.broker.clone(),
+            queue: self.queue_spec(),
+            prefetch: self.prefetch,
+            retry: self.retry.clone(),
+        }
+    }
 }
 
-fn default_addr() -> SocketAddr {
-    DEFAULT_ADDR.parse().expect("the default address parses")
+/// [`ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE`]: at most 1000.
+fn abort_after_commit(env: &impl Env) -> Result<AbortAfterCommit, ConfigError> {
+    let name = ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE;
+    let permille = config::parse(env, name, DEFAULT_CHAOS_ABORT_AFTER_COMMIT_PERMILLE)?;
+    if permille > 1000 {
+        return Err(config::invalid(name, permille, "must be at most 1000"));
+    }
+    Ok(AbortAfterCommit::new(permille))
 }
 
 /// A token for `subject` as `role`, signed with the configured key
@@ -204,19 +242,12 @@ pub fn issue_token(
 
 /// Creates the database if missing and applies the migrations.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = ordermesh_platform::db::connect_and_migrate(
-        &config.database,
-        1,
-        store::migrations(),
-        &CancellationToken::new(),
-    )
-    .await?;
-    pool.close();
-    Ok(())
+    config.migrate(store::migrations()).await
 }
 
-/// Runs the service on `listener` until `shutdown` fires, then drains
-/// within `config.shutdown_grace`.
+/// Runs the service on `listener` until `shutdown` fires: loads the token
+/// keys, migrates, serves AccountService and AuthService and consumes
+/// order events, then drains within `config.shutdown_grace`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -226,54 +257,30 @@ pub async fn run(
     let auth = Arc::new(Auth::load(&config.auth).await?);
     let signer = Arc::new(Signer::from_config(&config.auth, &config.tokens)?);
     signer.check_against(auth.verifier())?;
-    let pool = ordermesh_platform::db::connect_and_migrate(
-        &config.database,
-        config.db_pool_size,
-        store::migrations(),
-        &shutdown,
-    )
-    .await
-    .context("prepare the database")?;
+    let (mut service, pool) =
+        Service::start(&config, GRPC_SERVICE, store::migrations(), &shutdown).await?;
     let store = Store::new(pool.clone());
-    let expiry_pool = pool.clone();
-
-    let (health_reporter, health) = ordermesh_platform::grpc::health(GRPC_SERVICE).await;
-    // Ready (gRPC health SERVING, /readyz 200) while the database answers
-    // and the consumer is connected.
-    let readiness = Readiness::with_grpc(health_reporter, &[GRPC_SERVICE]).await;
-    let consumer_status = ConsumerStatus::new(&config.queue);
-    let probes = vec![
-        Probe::Database {
-            name: config.database.get_dbname().unwrap_or_default().to_owned(),
-            pool,
-        },
-        Probe::Consumer(consumer_status.clone()),
-    ];
-    let routes = tonic::service::Routes::new(health).add_service(
-        AccountApi::new(store.clone())
-            .into_server()
-            .max_decoding_message_size(config.max_message_bytes),
-    );
-    // /healthz, /readyz and /metrics on the gRPC port.
-    let routes = ordermesh_platform::health::with_ops_routes(routes, &readiness)
-        .add_service(AuthApi::new(store.clone(), signer, config.login).into_server());
+    consume(&mut service, &config, &store, pool);
+    let accounts = AccountApi::new(store.clone())
+        .into_server()
+        .max_decoding_message_size(config.max_message_bytes);
+    let login = AuthApi::new(store, signer, config.login).into_server();
     // Bearer tokens on every call but health, reflection, AuthService and
     // the operational routes; rate limits per caller.
-    let routes = ordermesh_platform::auth::protect(routes, auth);
-
-    let consumer = ConsumerConfig {
-        broker: config.broker.clone(),
-        queue: config.queue_spec(),
-        prefetch: config.prefetch,
-        retry: config.retry.clone(),
+    let routes = |routes: tonic::service::Routes| {
+        let routes = routes.add_service(accounts).add_service(login);
+        ordermesh_auth::protect(routes, auth)
     };
-    let handler = Arc::new(
-        OrderEventHandler::new(store, config.embargo.clone())
-            .with_abort_after_commit(config.chaos_abort_after_commit),
-    );
-    if config.chaos_abort_after_commit.is_enabled() {
+    service.serve(listener, routes).await
+}
+
+/// The order-event consumer and the inbox expiry; ready only while the
+/// consumer is connected (and the database answers).
+fn consume(service: &mut Service, config: &Config, store: &Store, pool: deadpool_postgres::Pool) {
+    let chaos = config.chaos_abort_after_commit;
+    if chaos.is_enabled() {
         tracing::warn!(
-            permille = config.chaos_abort_after_commit.permille(),
+            permille = chaos.permille(),
             "fault injection on ({ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE}): the process will abort between settlement commits and their acks"
         );
     }
@@ -282,55 +289,32 @@ pub async fn run(
         embargoed_skus = ?config.embargo.skus().collect::<Vec<_>>(),
         "processor-svc starting"
     );
-
-    let mut tasks = ordermesh_platform::tasks::Tasks::new(shutdown.clone());
-    tasks.spawn(
-        "grpc",
-        ordermesh_platform::grpc::serve_with(
-            listener,
-            routes,
-            config.tls.clone(),
-            config.cors.clone(),
-            shutdown.clone(),
-        ),
+    let handler = OrderEventHandler::new(store.clone(), config.embargo.clone());
+    let handler = Arc::new(handler.with_abort_after_commit(chaos));
+    let status = ConsumerStatus::new(&config.queue);
+    let shutdown = service.shutdown();
+    let consumer = ordermesh_messaging::amqp::run_consumer_with_status(
+        config.consumer_config(),
+        handler,
+        status.clone(),
+        shutdown.clone(),
     );
-    tasks.spawn(
-        "readiness",
-        ordermesh_platform::health::watch(readiness, probes, shutdown.clone()),
-    );
-    tasks.spawn(
-        "order-events consumer",
-        ordermesh_platform::amqp::run_consumer_with_status(
-            consumer,
-            handler,
-            consumer_status,
-            shutdown.clone(),
-        ),
-    );
-    tasks.spawn(
-        "inbox expiry",
-        ordermesh_platform::inbox::run_expiry(
-            expiry_pool,
-            config.inbox_retention,
-            shutdown.clone(),
-        ),
-    );
-    tasks.join(config.shutdown_grace).await
+    let expiry = ordermesh_messaging::inbox::run_expiry(pool, config.inbox_retention, shutdown);
+    service
+        .probe(ordermesh_messaging::probe::consumer(status))
+        .spawn("order-events consumer", consumer)
+        .spawn("inbox expiry", expiry);
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use ordermesh_runtime::service;
 
     use super::*;
 
-    fn env(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
-        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-    }
-
     #[test]
     fn defaults_match_the_contract() {
-        let c = Config::from_env(&env(&[])).unwrap();
+        let c = Config::from_env(&config::Recording::default()).unwrap();
         assert_eq!(c.addr.to_string(), DEFAULT_ADDR);
         assert_eq!(c.database.get_dbname(), Some("ordermesh_processor"));
         assert_eq!(c.queue, DEFAULT_QUEUE);
@@ -348,14 +332,14 @@ mod tests {
 
     #[test]
     fn values_are_read() {
-        let c = Config::from_env(&env(&[
+        let c = Config::from_env(&[
             (ENV_ADDR, "0.0.0.0:7000"),
             (ENV_EMBARGOED_SKUS, "anvil, dynamite"),
             (ENV_PREFETCH, "8"),
-            (ENV_SHUTDOWN_GRACE_MS, "250"),
+            (service::ENV_SHUTDOWN_GRACE_MS, "250"),
             ("AMQP_EXCHANGE", "x"),
             (ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE, "5"),
-        ]))
+        ])
         .unwrap();
         assert_eq!(c.chaos_abort_after_commit.permille(), 5);
         assert_eq!(c.addr.port(), 7000);
@@ -372,12 +356,12 @@ mod tests {
             (ENV_DATABASE_URL, "postgres://u@h:5432"),
             (ENV_PREFETCH, "0"),
             (ENV_PREFETCH, "70000"),
-            (ENV_DB_POOL_SIZE, "0"),
-            (ENV_SHUTDOWN_GRACE_MS, "soon"),
+            (service::ENV_DB_POOL_SIZE, "0"),
+            (service::ENV_SHUTDOWN_GRACE_MS, "soon"),
             (ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE, "1001"),
             (ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE, "often"),
         ] {
-            let err = Config::from_env(&env(&[(name, value)])).unwrap_err();
+            let err = Config::from_env(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name, "{value}");
         }
     }
@@ -385,5 +369,11 @@ mod tests {
     #[test]
     fn the_health_name_is_the_grpc_service() {
         assert_eq!(GRPC_SERVICE, "ordermesh.payment.v1.AccountService");
+    }
+
+    #[test]
+    fn help_lists_every_variable_read_with_its_default() {
+        let elsewhere = service::vars::read_at_start();
+        config::check_listed(&Config::vars(), &elsewhere, Config::from_env).unwrap();
     }
 }

@@ -4,14 +4,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ordermesh_platform::config::ProcessEnv;
+use ordermesh_runtime::{config::ProcessEnv, service, shutdown, telemetry};
 use processor_svc::Config;
 
 /// AccountService and the order payment consumer of ordermesh.
 #[derive(Debug, Parser)]
-#[command(name = "processor-svc", version, about)]
+#[command(name = "processor-svc", version, about, after_help = Config::help())]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -31,7 +30,7 @@ enum Command {
         subject: String,
         /// customer or admin.
         #[arg(long, default_value = "customer")]
-        role: ordermesh_platform::auth::Role,
+        role: ordermesh_auth::Role,
         /// Lifetime in seconds (default: AUTH_TOKEN_TTL_S, 3600).
         #[arg(long = "ttl-s", value_parser = clap::value_parser!(u64).range(1..))]
         ttl_s: Option<u64>,
@@ -40,15 +39,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ordermesh_platform::telemetry::init();
     let cli = Cli::parse();
-    let config = match Config::from_env(&ProcessEnv) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(variable = %e.name, "{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let config = service::config_or_exit(Config::from_env(&ProcessEnv));
+    telemetry::init();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => processor_svc::migrate(&config).await,
@@ -58,34 +51,15 @@ async fn main() -> ExitCode {
             ttl_s,
         } => {
             let ttl = ttl_s.map(std::time::Duration::from_secs);
-            match processor_svc::issue_token(&config, &subject, role, ttl) {
-                Ok(token) => {
-                    println!("{token}");
-                    return ExitCode::SUCCESS;
-                }
-                Err(e) => {
-                    tracing::error!(variable = %e.name, "{e}");
-                    return ExitCode::from(2);
-                }
-            }
+            let token = processor_svc::issue_token(&config, &subject, role, ttl);
+            println!("{}", service::config_or_exit(token));
+            Ok(())
         }
     };
-    // Export the spans still queued before the process exits.
-    ordermesh_platform::telemetry::shutdown().await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "processor-svc failed");
-            ExitCode::FAILURE
-        }
-    }
+    service::exit("processor-svc", result).await
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("bind {}", config.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "gRPC listening");
-    let shutdown = ordermesh_platform::shutdown::on_signal();
-    processor_svc::run(config, listener, shutdown).await
+    let listener = service::bind("processor-svc", config.addr, config.tls.is_some()).await?;
+    processor_svc::run(config, listener, shutdown::on_signal()).await
 }

@@ -6,8 +6,8 @@
 fn main() -> anyhow::Result<()> {
     let exchange = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| ordermesh_platform::amqp::DEFAULT_EXCHANGE.to_owned());
-    let pool = ordermesh_platform::rest::descriptor_pool()?;
+        .unwrap_or_else(|| ordermesh_messaging::amqp::DEFAULT_EXCHANGE.to_owned());
+    let pool = ordermesh_gateway::rest::descriptor_pool(ordermesh_proto::FILE_DESCRIPTOR_SET)?;
     let document = relay::asyncapi::document(&pool, &exchange)?;
     println!("{}", serde_json::to_string_pretty(&document)?);
     Ok(())

@@ -1,12 +1,12 @@
 //! The relay's HTTP admin listener: `GET /healthz` (alive), `GET /readyz`
 //! (every source database and the broker reachable) and `GET /metrics`
-//! (Prometheus), from [`ordermesh_platform::health`], and `GET
+//! (Prometheus), from [`ordermesh_runtime::health`], and `GET
 //! /asyncapi.json`, the events' contract ([`crate::asyncapi`]); over TLS
 //! only when the relay has a certificate (`TLS_CERT_FILE`, `TLS_KEY_FILE`).
 
 use anyhow::Context;
-use ordermesh_platform::health::{Readiness, ops_router};
-use ordermesh_platform::tls::{ServerTls, TlsIncoming};
+use ordermesh_runtime::health::{Readiness, ops_router};
+use ordermesh_runtime::tls::{ServerTls, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

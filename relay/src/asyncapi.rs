@@ -4,7 +4,7 @@
 //! the exchange as the channels' AMQP binding, the headers and AMQP
 //! properties every message carries, and payload schemas generated from the
 //! protobuf descriptors by the same code as the services' `/openapi.json`
-//! ([`ordermesh_platform::rest::openapi::message_schemas`]).
+//! ([`ordermesh_gateway::rest::openapi::message_schemas`]).
 //!
 //! The relay knows no business rules and publishes whatever routing key an
 //! outbox row names, so the routing keys are listed here, once, in
@@ -14,9 +14,9 @@
 
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::{MethodRouter, get};
-use ordermesh_platform::outbox::CONTENT_TYPE_PROTOBUF;
-use ordermesh_platform::propagation::{TRACEPARENT, TRACESTATE};
-use ordermesh_platform::redelivery as rd;
+use ordermesh_messaging::outbox::CONTENT_TYPE_PROTOBUF;
+use ordermesh_messaging::redelivery as rd;
+use ordermesh_runtime::propagation::{TRACEPARENT, TRACESTATE};
 use prost_reflect::{DescriptorPool, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
@@ -78,7 +78,7 @@ pub enum AsyncApiError {
 
 /// The `GET` route of the document for events on `exchange`, rendered once.
 pub fn route(exchange: &str) -> Result<MethodRouter, AsyncApiError> {
-    let pool = ordermesh_platform::rest::descriptor_pool()?;
+    let pool = ordermesh_gateway::rest::descriptor_pool(ordermesh_proto::FILE_DESCRIPTOR_SET)?;
     let body = document(&pool, exchange)?.to_string();
     Ok(get(move || {
         let body = body.clone();
@@ -98,7 +98,7 @@ pub fn document(pool: &DescriptorPool, exchange: &str) -> Result<Value, AsyncApi
         .collect::<Result<_, _>>()?;
     let mut schemas = Map::new();
     schemas.insert(HEADERS_SCHEMA.into(), headers_schema());
-    schemas.extend(ordermesh_platform::rest::openapi::message_schemas(
+    schemas.extend(ordermesh_gateway::rest::openapi::message_schemas(
         pool, &messages,
     ));
 
@@ -113,48 +113,10 @@ pub fn document(pool: &DescriptorPool, exchange: &str) -> Result<Value, AsyncApi
             .and_then(|s| s["description"].as_str())
             .unwrap_or_default()
             .to_owned();
-        channels.insert(
-            channel_id.clone(),
-            json!({
-                "address": event.routing_key,
-                "title": event.routing_key,
-                "description": format!(
-                    "Messages with routing key `{}` on the topic exchange `{exchange}`, \
-                     published by {}. Bind a queue to the exchange with this key (or a \
-                     pattern such as `payment.*`) to receive them.",
-                    event.routing_key, event.publisher
-                ),
-                "messages": {name: {"$ref": format!("#/components/messages/{name}")}},
-                "bindings": {"amqp": {
-                    "is": "routingKey",
-                    "exchange": {
-                        "name": exchange,
-                        "type": "topic",
-                        "durable": true,
-                        "autoDelete": false,
-                    },
-                    "bindingVersion": AMQP_BINDING_VERSION,
-                }},
-            }),
-        );
+        channels.insert(channel_id.clone(), channel_object(event, name, exchange));
         operations.insert(
             format!("send{name}"),
-            json!({
-                "action": "send",
-                "title": format!("{} publishes {name}", event.publisher),
-                "description": "Published from the service's transactional outbox by the \
-                    relay, with publisher confirms, after the transaction that wrote it \
-                    commits. Delivery is at least once; events of one order keep the \
-                    order they were written in.",
-                "channel": {"$ref": format!("#/channels/{channel_id}")},
-                "messages": [{"$ref": format!("#/channels/{channel_id}/messages/{name}")}],
-                "bindings": {"amqp": {
-                    "deliveryMode": 2,
-                    "mandatory": false,
-                    "timestamp": true,
-                    "bindingVersion": AMQP_BINDING_VERSION,
-                }},
-            }),
+            operation_object(event, name, &channel_id),
         );
         components.insert(
             name.to_owned(),
@@ -164,23 +126,7 @@ pub fn document(pool: &DescriptorPool, exchange: &str) -> Result<Value, AsyncApi
 
     Ok(json!({
         "asyncapi": "3.0.0",
-        "info": {
-            "title": "ordermesh events",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": format!(
-                "The events ordermesh publishes on the RabbitMQ topic exchange \
-                 `{exchange}`. Each payload is a binary protobuf message \
-                 (`{CONTENT_TYPE_PROTOBUF}`) of package `{EVENTS_PACKAGE}`, named by the \
-                 AMQP `type` property; the payload schemas describe the canonical proto3 \
-                 JSON form of those messages (lowerCamelCase names, 64-bit integers as \
-                 strings, enums by name), which is what `relay dlq show` prints. \
-                 Delivery is at least once: deduplicate on the `message_id` property."
-            ),
-            "license": {
-                "name": "Apache-2.0",
-                "url": "https://www.apache.org/licenses/LICENSE-2.0",
-            },
-        },
+        "info": info(exchange),
         "defaultContentType": CONTENT_TYPE_PROTOBUF,
         "channels": channels,
         "operations": operations,
@@ -189,6 +135,72 @@ pub fn document(pool: &DescriptorPool, exchange: &str) -> Result<Value, AsyncApi
             "schemas": schemas,
         },
     }))
+}
+
+/// The channel of one event: its routing key on the topic exchange.
+fn channel_object(event: &Event, name: &str, exchange: &str) -> Value {
+    json!({
+        "address": event.routing_key,
+        "title": event.routing_key,
+        "description": format!(
+            "Messages with routing key `{}` on the topic exchange `{exchange}`, \
+             published by {}. Bind a queue to the exchange with this key (or a \
+             pattern such as `payment.*`) to receive them.",
+            event.routing_key, event.publisher
+        ),
+        "messages": {name: {"$ref": format!("#/components/messages/{name}")}},
+        "bindings": {"amqp": {
+            "is": "routingKey",
+            "exchange": {
+                "name": exchange,
+                "type": "topic",
+                "durable": true,
+                "autoDelete": false,
+            },
+            "bindingVersion": AMQP_BINDING_VERSION,
+        }},
+    })
+}
+
+/// The publishing of one event by its service, through the relay.
+fn operation_object(event: &Event, name: &str, channel_id: &str) -> Value {
+    json!({
+        "action": "send",
+        "title": format!("{} publishes {name}", event.publisher),
+        "description": "Published from the service's transactional outbox by the \
+            relay, with publisher confirms, after the transaction that wrote it \
+            commits. Delivery is at least once; events of one order keep the \
+            order they were written in.",
+        "channel": {"$ref": format!("#/channels/{channel_id}")},
+        "messages": [{"$ref": format!("#/channels/{channel_id}/messages/{name}")}],
+        "bindings": {"amqp": {
+            "deliveryMode": 2,
+            "mandatory": false,
+            "timestamp": true,
+            "bindingVersion": AMQP_BINDING_VERSION,
+        }},
+    })
+}
+
+/// The document's `info`: what the events are and how they are encoded.
+fn info(exchange: &str) -> Value {
+    json!({
+        "title": "ordermesh events",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": format!(
+            "The events ordermesh publishes on the RabbitMQ topic exchange \
+             `{exchange}`. Each payload is a binary protobuf message \
+             (`{CONTENT_TYPE_PROTOBUF}`) of package `{EVENTS_PACKAGE}`, named by the \
+             AMQP `type` property; the payload schemas describe the canonical proto3 \
+             JSON form of those messages (lowerCamelCase names, 64-bit integers as \
+             strings, enums by name), which is what `relay dlq show` prints. \
+             Delivery is at least once: deduplicate on the `message_id` property."
+        ),
+        "license": {
+            "name": "Apache-2.0",
+            "url": "https://www.apache.org/licenses/LICENSE-2.0",
+        },
+    })
 }
 
 fn message_object(event: &Event, message: &MessageDescriptor, description: &str) -> Value {
@@ -240,8 +252,20 @@ fn message_object(event: &Event, message: &MessageDescriptor, description: &str)
 /// The AMQP headers of an event: the W3C trace context of its publish, and
 /// the `ordermesh-*` history a retry, dead-letter or replayed copy carries.
 fn headers_schema() -> Value {
-    let text = |description: &str| json!({"type": "string", "description": description});
-    let copies = "Set on retry and dead-letter copies";
+    let mut properties = trace_headers();
+    properties.extend(failure_headers());
+    properties.extend(route_headers());
+    json!({
+        "type": "object",
+        "description": "AMQP headers. Other headers may appear and are passed on by \
+            retries and replays when small enough.",
+        "properties": properties,
+        "additionalProperties": true,
+    })
+}
+
+/// `traceparent` and `tracestate`: the trace every event carries.
+fn trace_headers() -> Map<String, Value> {
     let mut properties = Map::new();
     properties.insert(
         TRACEPARENT.into(),
@@ -261,6 +285,13 @@ fn headers_schema() -> Value {
                 members).",
         }),
     );
+    properties
+}
+
+/// The failure history of a retry or dead-letter copy.
+fn failure_headers() -> Map<String, Value> {
+    let copies = "Set on retry and dead-letter copies";
+    let mut properties = Map::new();
     properties.insert(
         rd::HEADER_ATTEMPTS.into(),
         json!({
@@ -298,6 +329,13 @@ fn headers_schema() -> Value {
                 attempts, or no `message_id` to deduplicate on. Set on dead-letter copies.",
         }),
     );
+    properties
+}
+
+/// Where a copy came from and what was done to it.
+fn route_headers() -> Map<String, Value> {
+    let text = |description: &str| json!({"type": "string", "description": description});
+    let mut properties = Map::new();
     properties.insert(
         rd::HEADER_QUEUE.into(),
         text("The consumer queue that failed to process (or replayed) the message."),
@@ -328,13 +366,7 @@ fn headers_schema() -> Value {
                 one AMQP frame; absent when none was.",
         }),
     );
-    json!({
-        "type": "object",
-        "description": "AMQP headers. Other headers may appear and are passed on by \
-            retries and replays when small enough.",
-        "properties": properties,
-        "additionalProperties": true,
-    })
+    properties
 }
 
 /// `OrderCreated` -> `orderCreated`.
@@ -353,7 +385,7 @@ mod tests {
     use super::*;
 
     fn pool() -> DescriptorPool {
-        ordermesh_platform::rest::descriptor_pool().unwrap()
+        ordermesh_gateway::rest::descriptor_pool(ordermesh_proto::FILE_DESCRIPTOR_SET).unwrap()
     }
 
     #[test]

@@ -20,14 +20,15 @@
 //! The same connection holds the "warm" locks `(WARM_LOCK_CLASS, p)` while
 //! the relay polls its partitions (the outbox trigger skips its NOTIFY
 //! then) and passes the writers' gate when it stops polling: see
-//! `platform/migrations/V2__outbox_partitions.sql`.
+//! `messaging/migrations/V2__outbox_partitions.sql` (a unit test in
+//! [`crate::store`] holds it to these constants).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ordermesh_platform::db::DbConfig;
-use ordermesh_platform::outbox::{PARTITIONS, WARM_LOCK_CLASS};
+use ordermesh_messaging::outbox::{PARTITIONS, WARM_LOCK_CLASS};
+use ordermesh_runtime::db::DbConfig;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 

@@ -2,16 +2,14 @@
 //! `relay dlq ...` inspects and replays dead-lettered messages; `relay
 //! outbox ...` the outbox rows the relay parked.
 
-use clap::{Parser, Subcommand};
-use ordermesh_platform::{config::ProcessEnv, shutdown, telemetry};
+use std::process::ExitCode;
 
-/// Relays outbox rows from PostgreSQL to RabbitMQ. Configured by environment
-/// variables (RELAY_SOURCES, RELAY_BATCH_SIZE, RELAY_FALLBACK_TICK_MS,
-/// RELAY_ADMIN_ADDR, RELAY_PUBLISH_TIMEOUT_MS, RELAY_HANDOVER_AFTER_MS,
-/// RELAY_MAX_ATTEMPTS, RELAY_RETRY_MS, RELAY_MAX_MESSAGE_BYTES, AMQP_URL,
-/// AMQP_EXCHANGE, SHUTDOWN_GRACE_MS).
+use clap::{Parser, Subcommand};
+use ordermesh_runtime::{config::ProcessEnv, service, shutdown, telemetry};
+
+/// Relays outbox rows from PostgreSQL to RabbitMQ.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "relay", version, about, after_help = relay::Config::help())]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,34 +32,26 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
+        None => relay().await,
         Some(Command::Dlq { command }) => {
-            let config = or_exit(relay::dlq::Config::from_env(&ProcessEnv));
-            return relay::dlq::run(command, &config, &mut std::io::stdout().lock()).await;
+            let config = service::config_or_exit(relay::dlq::Config::from_env(&ProcessEnv));
+            relay::dlq::run(command, &config, &mut std::io::stdout().lock()).await
         }
         Some(Command::Outbox { command }) => {
-            let config = or_exit(relay::parked::Config::from_env(&ProcessEnv));
-            return relay::parked::run(command, &config, &mut std::io::stdout().lock()).await;
+            let config = service::config_or_exit(relay::parked::Config::from_env(&ProcessEnv));
+            relay::parked::run(command, &config, &mut std::io::stdout().lock()).await
         }
-        None => {}
-    }
-    telemetry::init();
-    let config = or_exit(relay::Config::from_env(&ProcessEnv));
-    let admin = tokio::net::TcpListener::bind(config.admin_addr).await?;
-    tracing::info!(addr = %admin.local_addr()?, "admin listening (GET /healthz, /readyz, /metrics)");
-    let shutdown = shutdown::on_signal();
-    let result = relay::run(config, admin, shutdown).await;
-    // Export the spans still queued before the process exits.
-    telemetry::shutdown().await;
-    result
+    };
+    service::exit("relay", result).await
 }
 
-/// The configuration, or exit 2 naming the bad variable.
-fn or_exit<T>(config: Result<T, ordermesh_platform::config::ConfigError>) -> T {
-    config.unwrap_or_else(|e| {
-        eprintln!("relay: {e}");
-        std::process::exit(2);
-    })
+/// Relays until a signal, with telemetry (the subcommands have none).
+async fn relay() -> anyhow::Result<()> {
+    let config = service::config_or_exit(relay::Config::from_env(&ProcessEnv));
+    telemetry::init();
+    let admin = service::bind("relay admin", config.admin_addr, config.tls.is_some()).await?;
+    relay::run(config, admin, shutdown::on_signal()).await
 }

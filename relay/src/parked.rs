@@ -1,6 +1,6 @@
 //! `relay outbox`: lists, shows, replays and drops the rows the relay
-//! parked in each source database's `outbox_parked` table (platform
-//! migration V3): rows it can never publish (larger than the broker takes,
+//! parked in each source database's `outbox_parked` table (the messaging
+//! crate's migration V3): rows it can never publish (larger than the broker takes,
 //! unroutable or nacked `RELAY_MAX_ATTEMPTS` times) and the later rows of
 //! their aggregates, parked behind them so per-aggregate order holds.
 //!
@@ -16,22 +16,29 @@
 //! Sources are named by their database, never by URL (it may carry a
 //! password).
 
+mod output;
+mod store;
+
 use std::fmt;
 use std::io::Write;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use base64::Engine as _;
-use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{ArgGroup, Subcommand};
-use ordermesh_platform::config::{self, ConfigError, Env};
-use ordermesh_platform::db;
-use serde_json::{Value, json};
+use ordermesh_runtime::config::{self, ConfigError, Env};
+use ordermesh_runtime::db;
+use serde_json::json;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient, Row, Transaction};
 use uuid::Uuid;
 
+pub use self::output::{detail_json, summary_json};
+use self::output::{id_list, print_detail, print_replayed, print_table, printable};
+pub use self::store::{
+    ParkedDetail, ParkedRow, Replayed, delete_parked, find_parked, list_parked, lock_for_replay,
+    move_back, parked_ids_of,
+};
 use crate::Source;
 
 /// The command's `application_name` in `pg_stat_activity`; unlike the
@@ -460,381 +467,6 @@ async fn drop_cmd(sources: &[&Source], key: RowKey, out: &mut impl Write) -> any
             "later rows of aggregate {} stay parked ({}): replay or drop them",
             printable(&dropped.row.aggregate_id),
             id_list(&later)
-        )?;
-    }
-    Ok(())
-}
-
-// ---- SQL ----
-
-/// A parked row without its payload and headers, as `list` prints it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParkedRow {
-    pub id: i64,
-    pub event_id: Uuid,
-    pub aggregate_id: String,
-    pub routing_key: String,
-    pub event_type: String,
-    /// Times the broker refused it before it was parked.
-    pub attempts: i32,
-    /// Why the relay parked it.
-    pub reason: String,
-    pub create_time: DateTime<Utc>,
-    pub park_time: DateTime<Utc>,
-    pub payload_bytes: i32,
-    /// The headers' size as JSON: a row too large for the broker's frame
-    /// may owe it to them.
-    pub headers_bytes: i32,
-}
-
-impl ParkedRow {
-    fn from_row(r: &Row) -> Self {
-        Self {
-            id: r.get("id"),
-            event_id: r.get("event_id"),
-            aggregate_id: r.get("aggregate_id"),
-            routing_key: r.get("routing_key"),
-            event_type: r.get("event_type"),
-            attempts: r.get("attempts"),
-            reason: r.get("reason"),
-            create_time: r.get("create_time"),
-            park_time: r.get("park_time"),
-            payload_bytes: r.get("payload_bytes"),
-            headers_bytes: r.get("headers_bytes"),
-        }
-    }
-}
-
-/// A parked row with its headers and payload, as `show` and `drop` print it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParkedDetail {
-    pub row: ParkedRow,
-    pub headers: Value,
-    pub payload: Vec<u8>,
-}
-
-impl ParkedDetail {
-    fn from_row(r: &Row) -> Self {
-        Self {
-            row: ParkedRow::from_row(r),
-            headers: r.get("headers"),
-            payload: r.get("payload"),
-        }
-    }
-}
-
-/// A row moved back into the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replayed {
-    pub id: i64,
-    pub event_id: Uuid,
-    pub aggregate_id: String,
-}
-
-/// Up to `limit` parked rows in id order, and how many there are in all.
-pub async fn list_parked(
-    client: &impl GenericClient,
-    limit: i64,
-) -> Result<(Vec<ParkedRow>, i64), tokio_postgres::Error> {
-    let rows = client
-        .query(
-            r#"SELECT id, event_id, aggregate_id, routing_key, event_type, attempts, reason,
-                      create_time, park_time, octet_length(payload) AS payload_bytes,
-                      octet_length(headers::text) AS headers_bytes,
-                      count(*) OVER () AS total
-               FROM outbox_parked
-               ORDER BY id
-               LIMIT $1"#,
-            &[&limit],
-        )
-        .await?;
-    let total = rows.first().map_or(0, |r| r.get("total"));
-    Ok((rows.iter().map(ParkedRow::from_row).collect(), total))
-}
-
-/// The parked row with this id or event id.
-pub async fn find_parked(
-    client: &impl GenericClient,
-    key: RowKey,
-) -> Result<Option<ParkedDetail>, tokio_postgres::Error> {
-    let (id, event_id) = match key {
-        RowKey::Id(id) => (Some(id), None),
-        RowKey::Event(event_id) => (None, Some(event_id)),
-    };
-    let row = client
-        .query_opt(
-            r#"SELECT id, event_id, aggregate_id, routing_key, event_type, attempts, reason,
-                      create_time, park_time, octet_length(payload) AS payload_bytes,
-                      octet_length(headers::text) AS headers_bytes, headers, payload
-               FROM outbox_parked
-               WHERE id = $1 OR event_id = $2"#,
-            &[&id, &event_id],
-        )
-        .await?;
-    Ok(row.as_ref().map(ParkedDetail::from_row))
-}
-
-/// The ids of an aggregate's parked rows, in order.
-pub async fn parked_ids_of(
-    client: &impl GenericClient,
-    aggregate_id: &str,
-) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            r#"SELECT id FROM outbox_parked WHERE aggregate_id = $1 ORDER BY id"#,
-            &[&aggregate_id],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Locks the rows [`move_back`] moves (`from`: that row and the later
-/// parked rows of its aggregate; `None`: all) and returns their ids. A
-/// row deleted meanwhile is skipped, so an empty result means `from` is
-/// no longer parked.
-pub async fn lock_for_replay(
-    tx: &Transaction<'_>,
-    from: Option<i64>,
-) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let rows = tx
-        .query(
-            r#"SELECT id FROM outbox_parked
-               WHERE $1::int8 IS NULL
-                  OR (aggregate_id = (SELECT aggregate_id FROM outbox_parked WHERE id = $1)
-                      AND id >= $1)
-               ORDER BY id
-               FOR UPDATE"#,
-            &[&from],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Moves parked rows back into the outbox with their ids (so they keep
-/// their places in id order), attempts 0 and no retry time: `from` and the
-/// later parked rows of its aggregate, or every parked row for `None`.
-/// `partition` is generated from the aggregate id.
-pub async fn move_back(
-    tx: &Transaction<'_>,
-    from: Option<i64>,
-) -> Result<Vec<Replayed>, tokio_postgres::Error> {
-    let rows = tx
-        .query(
-            r#"WITH moved AS (
-                   DELETE FROM outbox_parked
-                   WHERE $1::int8 IS NULL
-                      OR (aggregate_id = (SELECT aggregate_id FROM outbox_parked WHERE id = $1)
-                          AND id >= $1)
-                   RETURNING id, event_id, aggregate_id, routing_key, event_type, payload,
-                             headers, create_time)
-               INSERT INTO outbox (id, event_id, aggregate_id, routing_key, event_type, payload,
-                                   headers, create_time, attempts, retry_time)
-               OVERRIDING SYSTEM VALUE
-               SELECT id, event_id, aggregate_id, routing_key, event_type, payload, headers,
-                      create_time, 0, NULL
-               FROM moved
-               RETURNING id, event_id, aggregate_id"#,
-            &[&from],
-        )
-        .await?;
-    let mut moved: Vec<Replayed> = rows
-        .iter()
-        .map(|r| Replayed {
-            id: r.get("id"),
-            event_id: r.get("event_id"),
-            aggregate_id: r.get("aggregate_id"),
-        })
-        .collect();
-    moved.sort_by_key(|r| r.id);
-    Ok(moved)
-}
-
-/// Deletes one parked row, returning it.
-pub async fn delete_parked(
-    tx: &Transaction<'_>,
-    id: i64,
-) -> Result<Option<ParkedDetail>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            r#"DELETE FROM outbox_parked
-               WHERE id = $1
-               RETURNING id, event_id, aggregate_id, routing_key, event_type, attempts, reason,
-                         create_time, park_time, octet_length(payload) AS payload_bytes,
-                         octet_length(headers::text) AS headers_bytes, headers, payload"#,
-            &[&id],
-        )
-        .await?;
-    Ok(row.as_ref().map(ParkedDetail::from_row))
-}
-
-// ---- Output ----
-
-fn time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Text as it may be printed to a terminal: aggregate ids, headers and
-/// reasons come from clients, so control characters are escaped.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-fn id_list(ids: &[i64]) -> String {
-    ids.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The fields `list --json` prints.
-pub fn summary_json(source: &str, row: &ParkedRow) -> Value {
-    json!({
-        "source": source,
-        "id": row.id,
-        "event_id": row.event_id.to_string(),
-        "aggregate_id": row.aggregate_id,
-        "routing_key": row.routing_key,
-        "event_type": row.event_type,
-        "attempts": row.attempts,
-        "reason": row.reason,
-        "create_time": time(&row.create_time),
-        "park_time": time(&row.park_time),
-        "payload_bytes": row.payload_bytes,
-        "headers_bytes": row.headers_bytes,
-    })
-}
-
-/// Everything: the summary, the headers, the payload in base64 and, when
-/// its type is a known protobuf message, as JSON.
-pub fn detail_json(source: &str, detail: &ParkedDetail) -> Value {
-    let mut value = summary_json(source, &detail.row);
-    value["headers"] = detail.headers.clone();
-    value["payload_base64"] =
-        json!(base64::engine::general_purpose::STANDARD.encode(&detail.payload));
-    value["payload"] = crate::dlq::decode_payload(Some(&detail.row.event_type), &detail.payload);
-    value
-}
-
-fn print_table(
-    out: &mut impl Write,
-    source: &str,
-    rows: &[ParkedRow],
-    total: i64,
-) -> std::io::Result<()> {
-    writeln!(out, "{source}: {total} parked")?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let titles = [
-        "ID",
-        "EVENT ID",
-        "AGGREGATE",
-        "ROUTING KEY",
-        "TYPE",
-        "ATTEMPTS",
-        "PARKED AT",
-        "BYTES",
-        "REASON",
-    ];
-    let cells: Vec<[String; 9]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.id.to_string(),
-                r.event_id.to_string(),
-                printable(&r.aggregate_id),
-                printable(&r.routing_key),
-                printable(&r.event_type),
-                r.attempts.to_string(),
-                time(&r.park_time),
-                r.payload_bytes.to_string(),
-                // Last and unpadded; cut for the table (`show` has it all).
-                printable(&r.reason).chars().take(100).collect(),
-            ]
-        })
-        .collect();
-    let widths: Vec<usize> = (0..titles.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .chain([titles[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut line = |row: Vec<&str>| {
-        let mut text = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-        }
-        writeln!(out, "{}", text.trim_end())
-    };
-    line(titles.to_vec())?;
-    for row in &cells {
-        line(row.iter().map(String::as_str).collect())?;
-    }
-    let shown = rows.len() as i64;
-    if total > shown {
-        writeln!(out, "... and {} more (raise --limit)", total - shown)?;
-    }
-    Ok(())
-}
-
-fn print_detail(out: &mut impl Write, source: &str, detail: &ParkedDetail) -> std::io::Result<()> {
-    let r = &detail.row;
-    writeln!(out, "source:       {source}")?;
-    writeln!(out, "id:           {}", r.id)?;
-    writeln!(out, "event_id:     {}", r.event_id)?;
-    writeln!(out, "aggregate_id: {}", printable(&r.aggregate_id))?;
-    writeln!(out, "routing_key:  {}", printable(&r.routing_key))?;
-    writeln!(out, "event_type:   {}", printable(&r.event_type))?;
-    writeln!(out, "attempts:     {}", r.attempts)?;
-    writeln!(out, "reason:       {}", printable(&r.reason))?;
-    writeln!(out, "created at:   {}", time(&r.create_time))?;
-    writeln!(out, "parked at:    {}", time(&r.park_time))?;
-    writeln!(out, "headers ({} bytes as JSON):", r.headers_bytes)?;
-    if let Value::Object(headers) = &detail.headers {
-        for (k, v) in headers {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            writeln!(out, "  {}: {}", printable(k), printable(&v))?;
-        }
-    }
-    writeln!(out, "payload ({} bytes):", detail.payload.len())?;
-    match crate::dlq::decode_payload(Some(&r.event_type), &detail.payload) {
-        Value::Null => writeln!(
-            out,
-            "  base64 {}",
-            base64::engine::general_purpose::STANDARD.encode(&detail.payload)
-        )?,
-        json => writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&json).unwrap_or_default()
-        )?,
-    }
-    Ok(())
-}
-
-fn print_replayed(out: &mut impl Write, source: &str, moved: &[Replayed]) -> std::io::Result<()> {
-    for r in moved {
-        writeln!(
-            out,
-            "replayed {source} id {} (event {}, aggregate {})",
-            r.id,
-            r.event_id,
-            printable(&r.aggregate_id)
         )?;
     }
     Ok(())

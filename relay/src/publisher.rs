@@ -14,10 +14,10 @@ use anyhow::Context;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use ordermesh_platform::amqp::{self, BrokerConfig};
-use ordermesh_platform::metrics::RELAY_CONFIRM_DURATION;
-use ordermesh_platform::outbox::CONTENT_TYPE_PROTOBUF;
-use ordermesh_platform::propagation;
+use ordermesh_messaging::amqp::{self, BrokerConfig};
+use ordermesh_messaging::outbox::CONTENT_TYPE_PROTOBUF;
+use ordermesh_runtime::metrics::RELAY_CONFIRM_DURATION;
+use ordermesh_runtime::propagation;
 use tracing::field::Empty;
 
 use crate::store::OutboxRow;
@@ -180,7 +180,7 @@ impl Publisher {
     }
 
     /// Closes the channel and connection, waiting at most
-    /// [`CLOSE_TIMEOUT`] for the broker (which may be unreachable).
+    /// `CLOSE_TIMEOUT` for the broker (which may be unreachable).
     pub async fn close(self) {
         let close = async {
             let _ = self.channel.close(200, "relay stopping".into()).await;

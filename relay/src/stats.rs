@@ -1,4 +1,4 @@
-//! The relay's metrics (names in [`ordermesh_platform::metrics`]), per
+//! The relay's metrics (names in [`ordermesh_runtime::metrics`]), per
 //! source database:
 //!
 //! - the outbox backlog as gauges, rows waiting and the age of the oldest,
@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use ordermesh_platform::metrics::{
+use ordermesh_runtime::metrics::{
     RELAY_BACKLOG, RELAY_OLDEST_AGE, RELAY_PARKED_ROWS, RELAY_PUBLISH_FAILURES, RELAY_PUBLISHED,
     RELAY_RECONNECTS,
 };

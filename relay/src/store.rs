@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use deadpool_postgres::Transaction;
-use ordermesh_platform::outbox::{GATE_LOCK_CLASS, PARTITIONS};
+use ordermesh_messaging::outbox::{GATE_LOCK_CLASS, PARTITIONS};
 use tokio_postgres::{Client, GenericClient};
 
 /// Advisory lock class (first key; the second is the partition) of a
@@ -330,5 +330,45 @@ mod tests {
         let m = super::string_map(&v);
         assert_eq!(m.len(), 1);
         assert_eq!(m["traceparent"], "00-ab-cd-01");
+    }
+
+    /// The outbox trigger (the messaging crate's V2 migration) cannot
+    /// import the lock classes, the channel or the partition count: it must
+    /// spell them as the constants the relay locks and listens with.
+    #[test]
+    fn the_outbox_trigger_uses_the_relays_lock_classes_and_partitions() {
+        use ordermesh_messaging::outbox::{NOTIFY_CHANNEL, WARM_LOCK_CLASS};
+
+        use super::{GATE_LOCK_CLASS, LEASE_LOCK_CLASS, PARTITIONS};
+
+        let runner = ordermesh_messaging::migrations();
+        let sql = runner
+            .get_migrations()
+            .iter()
+            .find(|m| m.name() == "outbox_partitions")
+            .and_then(|m| m.sql())
+            .expect("the V2 outbox migration is embedded");
+        for expected in [
+            format!("(hashtext(aggregate_id) & {})", PARTITIONS - 1),
+            format!("pg_try_advisory_xact_lock_shared({GATE_LOCK_CLASS}, 0)"),
+            format!("pg_try_advisory_lock_shared({WARM_LOCK_CLASS}, NEW.partition)"),
+            format!("pg_advisory_unlock_shared({WARM_LOCK_CLASS}, NEW.partition)"),
+            format!("pg_notify('{NOTIFY_CHANNEL}', NEW.partition::text)"),
+        ] {
+            assert!(sql.contains(&expected), "V2 does not say {expected}");
+        }
+        assert_eq!(
+            PARTITIONS.count_ones(),
+            1,
+            "`& (PARTITIONS - 1)` is a modulo"
+        );
+        let classes = [LEASE_LOCK_CLASS, WARM_LOCK_CLASS, GATE_LOCK_CLASS];
+        assert!(
+            classes
+                .iter()
+                .enumerate()
+                .all(|(i, c)| !classes[..i].contains(c)),
+            "two lock classes share a number"
+        );
     }
 }

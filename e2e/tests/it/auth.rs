@@ -200,7 +200,7 @@ async fn rate_limits_answer_429_with_retry_after() {
     let http = http1();
     let bearer = format!(
         "Bearer {}",
-        crate::mesh::token("limited", ordermesh_platform::auth::Role::Customer)
+        crate::mesh::token("limited", ordermesh_auth::Role::Customer)
     );
     let mut statuses = Vec::new();
     let mut limited = None;

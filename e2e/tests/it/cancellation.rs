@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use ordermesh_platform::testing::eventually;
 use ordermesh_proto::order::v1::{CancelOrderRequest, GetOrderRequest, Order, OrderStatus};
 use ordermesh_proto::payment::v1::{ListTransactionsRequest, Transaction, TransactionKind};
+use ordermesh_testkit::eventually;
 
 use crate::mesh::Mesh;
 use crate::pipeline::{item, open_account, order, settled};
@@ -78,7 +78,7 @@ async fn an_order_cancelled_before_it_was_relayed_is_never_charged() {
     open_account(&mesh, "alice", 10_000).await;
 
     // The relay is down: the order and its event wait in the outbox.
-    mesh.terminate("relay", Duration::from_secs(15));
+    mesh.terminate("relay", Duration::from_secs(15)).await;
     let mut orders = mesh.orders().await;
     orders
         .create_order(order("c-1", "alice", vec![item("lamp", 1, 4_000)]))

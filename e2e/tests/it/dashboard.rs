@@ -1,9 +1,10 @@
-//! The Grafana dashboard (`deploy/grafana/ordermesh.json`) and the README
-//! name exactly the metrics the binaries record, so neither can drift.
+//! The Grafana dashboard (`deploy/grafana/ordermesh.json`) and the metrics
+//! table of docs/OPERATIONS.md name exactly the metrics the binaries
+//! record, so neither can drift.
 
 use std::collections::BTreeSet;
 
-use ordermesh_platform::metrics::ALL;
+use ordermesh_runtime::metrics::ALL;
 
 fn repo_file(path: &str) -> String {
     let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
@@ -56,22 +57,22 @@ fn the_dashboard_charts_every_metric_and_only_real_ones() {
     let recorded: BTreeSet<String> = ALL.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(
         charted, recorded,
-        "dashboard queries vs platform::metrics::ALL"
+        "dashboard queries vs ordermesh_runtime::metrics::ALL"
     );
 }
 
 #[test]
-fn the_readme_lists_every_metric_and_only_real_ones() {
-    let readme = repo_file("README.md");
-    let section = readme
+fn the_operations_guide_lists_every_metric_and_only_real_ones() {
+    let guide = repo_file("docs/OPERATIONS.md");
+    let section = guide
         .split_once("### Metrics")
         .and_then(|(_, s)| s.split_once("### Health"))
         .map(|(s, _)| s)
-        .expect("a Metrics section in the README");
+        .expect("a Metrics section in docs/OPERATIONS.md");
     let listed = metric_names(section);
     let recorded: BTreeSet<String> = ALL.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(
         listed, recorded,
-        "README metrics table vs platform::metrics::ALL"
+        "docs/OPERATIONS.md metrics table vs ordermesh_runtime::metrics::ALL"
     );
 }

@@ -4,24 +4,13 @@
 //! wait for the cut relay's batch.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ordermesh_platform::testing::{BrokerProxy, amqp_authority, eventually};
 use ordermesh_proto::order::v1::{CancelOrderRequest, OrderStatus};
+use ordermesh_testkit::{BrokerProxy, LeaseLocks, amqp_authority, eventually};
 
-use crate::mesh::{Mesh, binary};
+use crate::mesh::Mesh;
 use crate::pipeline::{item, open_account, order, settled};
-
-/// A child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -31,23 +20,15 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The relay's partition leases, by its own names.
+const LEASES: LeaseLocks = LeaseLocks {
+    class: relay::store::LEASE_LOCK_CLASS,
+    application_prefix: relay::store::LEASE_APPLICATION_PREFIX,
+};
+
 /// Partitions of the orders database leased by relay `instance`.
 async fn leased(db: &tokio_postgres::Client, instance: &str) -> HashSet<i16> {
-    db.query(
-        "SELECT l.objid::int4::int2 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-           AND l.classid::int8 = $1 AND a.application_name = $2
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        &[
-            &i64::from(relay::store::LEASE_LOCK_CLASS),
-            &format!("{}{instance}", relay::store::LEASE_APPLICATION_PREFIX),
-        ],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+    LEASES.of_instance(db, instance).await.unwrap()
 }
 
 async fn partition(db: &tokio_postgres::Client, order_id: &str) -> i16 {
@@ -67,20 +48,20 @@ async fn a_relay_cut_off_from_the_broker_delays_no_order_and_no_cancel() {
     .await;
     let broker_url = mesh.env["AMQP_URL"].clone();
     let proxy = BrokerProxy::start(amqp_authority(&broker_url)).await;
-    mesh.env.insert("RELAY_INSTANCE", "direct".to_owned());
-    mesh.terminate("relay", Duration::from_secs(15));
+    mesh.env
+        .insert("RELAY_INSTANCE".to_owned(), "direct".to_owned());
+    mesh.terminate("relay", Duration::from_secs(15)).await;
     mesh.spawn("relay");
-    let _cut = Killed(
-        Command::new(binary("relay"))
-            .envs(&mesh.env)
-            .env("AMQP_URL", proxy.url(&broker_url))
-            .env("RELAY_INSTANCE", "cut")
-            .env("RELAY_ADMIN_ADDR", "127.0.0.1:0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the second relay"),
-    );
+    mesh.spawn_as(
+        "relay-cut",
+        "relay",
+        &[
+            ("AMQP_URL", &proxy.url(&broker_url)),
+            ("RELAY_INSTANCE", "cut"),
+            ("RELAY_ADMIN_ADDR", "127.0.0.1:0"),
+        ],
+    )
+    .expect("start the second relay");
     let db = connect(&mesh.env["ORDER_DATABASE_URL"]).await;
     let cut_share = eventually(Duration::from_secs(20), || async {
         let cut = leased(&db, "cut").await;

@@ -4,6 +4,7 @@
 mod auth;
 mod cancellation;
 mod collector;
+mod configuration;
 mod dashboard;
 mod handover;
 mod hostile_trace;

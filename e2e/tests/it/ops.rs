@@ -1,13 +1,9 @@
 //! Small clients for the operational surface of the binaries: an HTTP GET
-//! (`/metrics`, `/readyz`), a Prometheus text lookup, gRPC health, and a TCP
-//! proxy a test can cut to simulate losing the broker.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+//! (`/metrics`, `/readyz`), a Prometheus text lookup and gRPC health. (The
+//! broker proxy a test cuts is the test kit's `BrokerProxy`.)
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 
 /// `GET path` on `addr` over HTTP/1.0: the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
@@ -74,66 +70,6 @@ pub async fn grpc_health(addr: &str, service: &str) -> Option<i32> {
         .await
         .ok()?;
     Some(response.into_inner().status)
-}
-
-/// A TCP proxy to `upstream` on a free local port. [`Proxy::cut`] drops
-/// every connection and refuses new ones until [`Proxy::restore`].
-pub struct Proxy {
-    pub addr: String,
-    up: Arc<AtomicBool>,
-    /// Pairs of piped connections, aborted by `cut`.
-    pipes: Arc<tokio::sync::Mutex<JoinSet<()>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let up = Arc::new(AtomicBool::new(true));
-        let pipes = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
-        let upstream = upstream.to_owned();
-        let accept = {
-            let (up, pipes) = (up.clone(), pipes.clone());
-            tokio::spawn(async move {
-                while let Ok((mut client, _)) = listener.accept().await {
-                    if !up.load(Ordering::SeqCst) {
-                        drop(client);
-                        continue;
-                    }
-                    let upstream = upstream.clone();
-                    pipes.lock().await.spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                }
-            })
-        };
-        Self {
-            addr,
-            up,
-            pipes,
-            accept,
-        }
-    }
-
-    /// Closes every proxied connection and refuses new ones.
-    pub async fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.pipes.lock().await.abort_all();
-    }
-
-    /// Accepts connections again.
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
 }
 
 #[cfg(test)]

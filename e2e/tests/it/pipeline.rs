@@ -66,7 +66,8 @@ pub async fn open_account(mesh: &Mesh, customer: &str, deposit_minor: i64) {
         .expect("deposit");
 }
 
-async fn balance(mesh: &Mesh, customer: &str) -> i64 {
+/// `customer`'s balance, read as an admin.
+pub async fn balance(mesh: &Mesh, customer: &str) -> i64 {
     let mut accounts = mesh.accounts().await;
     accounts
         .get_account(GetAccountRequest {

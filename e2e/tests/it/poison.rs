@@ -6,13 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use ordermesh_platform::metrics::{CONSUMER_DEAD_LETTERED, ORDERS_OLDEST_PENDING};
 use ordermesh_proto::order::v1::OrderStatus;
-use ordermesh_proto::payment::v1::GetAccountRequest;
+use ordermesh_runtime::metrics::{CONSUMER_DEAD_LETTERED, ORDERS_OLDEST_PENDING};
 
 use crate::mesh::Mesh;
 use crate::ops::{metrics, sample};
-use crate::pipeline::{item, open_account, order, settled};
+use crate::pipeline::{balance, item, open_account, order, settled};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -51,19 +50,11 @@ async fn an_order_the_processor_cannot_settle_ends_failed_with_a_reason() {
     assert_eq!(piano.failure_reason, "rejected: check violation");
     let pen = settled(&mut orders, "pen", PATIENCE).await;
     assert_eq!(pen.status, OrderStatus::Paid as i32, "{pen:?}");
-    let balance = mesh
-        .accounts()
-        .await
-        .get_account(GetAccountRequest {
-            customer_id: "alice".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap()
-        .balance_minor;
-    assert_eq!(balance, 100_000 - 100, "only the pen was debited");
+    assert_eq!(
+        balance(&mesh, "alice").await,
+        100_000 - 100,
+        "only the pen was debited"
+    );
 
     // Nothing was dead-lettered by either consumer.
     for addr in [&mesh.order_addr, &mesh.processor_addr] {

@@ -6,32 +6,15 @@
 
 use std::time::Duration;
 
-use ordermesh_platform::testing::{amqp_url, eventually};
 use ordermesh_proto::order::v1::OrderStatus;
-use ordermesh_proto::payment::v1::GetAccountRequest;
+use ordermesh_testkit::{BrokerProxy, amqp_authority, amqp_url, eventually};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::mesh::Mesh;
-use crate::ops::{Proxy, grpc_health, http_get};
-use crate::pipeline::{item, open_account, order, settled};
+use crate::ops::{grpc_health, http_get};
+use crate::pipeline::{balance, item, open_account, order, settled};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Where the `host:port` of `url` starts and ends.
-fn authority_span(url: &str) -> (usize, usize) {
-    let start = url
-        .find('@')
-        .map(|i| i + 1)
-        .unwrap_or_else(|| url.find("://").unwrap() + 3);
-    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
-    (start, end)
-}
-
-/// `url` with its `host:port` replaced by `addr`.
-fn via(url: &str, addr: &str) -> String {
-    let (start, end) = authority_span(url);
-    format!("{}{addr}{}", &url[..start], &url[end..])
-}
 
 /// Whether every binary's `/readyz` and both services' gRPC health say `ready`.
 async fn all_ready(mesh: &Mesh, ready: bool) -> bool {
@@ -64,9 +47,8 @@ async fn all_ready(mesh: &Mesh, ready: bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_broker_flips_readiness_and_recovery_loses_no_order() {
     let broker = amqp_url();
-    let (start, end) = authority_span(&broker);
-    let proxy = Proxy::start(&broker[start..end]).await;
-    let proxied = via(&broker, &proxy.addr);
+    let proxy = BrokerProxy::start(amqp_authority(&broker)).await;
+    let proxied = proxy.url(&broker);
     let mesh = Mesh::start(&[("AMQP_URL", proxied.as_str())]).await;
     assert!(all_ready(&mesh, true).await, "ready after start");
     let (status, body) = http_get(&mesh.order_addr, "/healthz").await.unwrap();
@@ -81,7 +63,7 @@ async fn losing_the_broker_flips_readiness_and_recovery_loses_no_order() {
     let before = settled(&mut orders, "before", PATIENCE).await;
     assert_eq!(before.status, OrderStatus::Paid as i32, "{before:?}");
 
-    proxy.cut().await;
+    proxy.cut();
     let down = eventually(PATIENCE, || async {
         all_ready(&mesh, false).await.then_some(())
     })
@@ -92,7 +74,7 @@ async fn losing_the_broker_flips_readiness_and_recovery_loses_no_order() {
     for addr in [&mesh.order_addr, &mesh.processor_addr, relay_admin(&mesh)] {
         let (status, body) = http_get(addr, "/readyz").await.unwrap();
         assert_eq!(status, 503, "{addr}: {body}");
-        assert_names_only(&body, &proxy.addr);
+        assert_names_only(&body, &proxy.addr.to_string());
     }
     // Still alive, and still taking orders: they wait in the outbox.
     let (status, _) = http_get(&mesh.processor_addr, "/healthz").await.unwrap();
@@ -110,19 +92,8 @@ async fn losing_the_broker_flips_readiness_and_recovery_loses_no_order() {
     assert!(up.is_some(), "not every binary became ready again");
     let during = settled(&mut orders, "during", PATIENCE).await;
     assert_eq!(during.status, OrderStatus::Paid as i32, "{during:?}");
-    let account = mesh
-        .accounts()
-        .await
-        .get_account(GetAccountRequest {
-            customer_id: "carol".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap();
     assert_eq!(
-        account.balance_minor,
+        balance(&mesh, "carol").await,
         10_000 - 1_000 - 2_000,
         "each order paid once"
     );
@@ -163,13 +134,4 @@ fn a_body_of_names_passes_and_error_text_fails() {
         );
     });
     assert!(leaked.is_err());
-}
-
-#[test]
-fn via_swaps_the_address() {
-    assert_eq!(
-        via("amqp://guest:guest@127.0.0.1:5672/%2f", "127.0.0.1:1"),
-        "amqp://guest:guest@127.0.0.1:1/%2f"
-    );
-    assert_eq!(via("amqp://h:1", "x:2"), "amqp://x:2");
 }

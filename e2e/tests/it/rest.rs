@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use ordermesh_platform::rest::{self, Binding};
+use ordermesh_gateway::rest::{self, Binding};
 use serde_json::{Value, json};
 
 use crate::mesh::{Mesh, admin_token};
@@ -287,7 +287,8 @@ fn cases(customer: &str, order: &str) -> Vec<Case> {
 
 /// Every http rule of the descriptor set, with the services that carry one.
 fn all_bindings() -> Vec<Binding> {
-    let pool = rest::descriptor_pool().expect("the descriptor set decodes");
+    let pool = rest::descriptor_pool(ordermesh_proto::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set decodes");
     let services: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
     rest::http_rule::bindings(&pool, &services).expect("the http rules are valid")
 }

@@ -27,7 +27,7 @@ async fn sigterm_drains_each_binary_and_exits_zero_without_losing_orders() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let status = mesh.terminate("order-svc", Duration::from_secs(15));
+    let status = mesh.terminate("order-svc", Duration::from_secs(15)).await;
     assert!(status.success(), "order-svc exited with {status}");
     let mut accepted = Vec::new();
     for call in calls {
@@ -41,7 +41,7 @@ async fn sigterm_drains_each_binary_and_exits_zero_without_losing_orders() {
     );
 
     for name in ["processor-svc", "relay"] {
-        let status = mesh.terminate(name, Duration::from_secs(15));
+        let status = mesh.terminate(name, Duration::from_secs(15)).await;
         assert!(status.success(), "{name} exited with {status}");
     }
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use ordermesh_platform::testing::eventually;
 use ordermesh_proto::order::v1::{GetOrderRequest, OrderStatus};
+use ordermesh_testkit::eventually;
 
 use crate::collector::{Collector, Span};
 use crate::mesh::Mesh;

@@ -2,13 +2,16 @@
 //! tokens on every OrderService call (gRPC and REST), customers confined to
 //! their own orders, admins acting for all, tokens kept out of the logs.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use ordermesh_platform::auth::{Claims, RateLimitConfig, Role};
-use ordermesh_platform::testing::{CapturedLogs, RestAnswer as Answer, rest_call};
+use ordermesh_auth::Role;
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_testkit::auth_cases::{
+    assert_bad_tokens_refused, assert_not_logged, assert_open_without_token, assert_rate_limited,
+    assert_refused_without_token, assert_status_json, capture_logs, forged_token, one_per_second,
+    reflected_services_v1, retry_after,
+};
+use ordermesh_testkit::{rest_call, rest_get, rest_post};
 use pb::order_service_client::OrderServiceClient;
-use serde_json::{Value, json};
+use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -16,24 +19,6 @@ use crate::helpers::{
     AUTH_SECRET, Client, TestApp, client_with_token, order_request, spawn_app, spawn_app_with,
     token,
 };
-
-async fn rest(
-    app: &TestApp,
-    method: http::Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Answer {
-    rest_call(app.addr, method, path, bearer, body).await
-}
-
-/// Asserts a `google.rpc.Status` JSON error body with `code`.
-fn assert_status_json(answer: &Answer, http: u16, code: Code) {
-    assert_eq!(answer.status, http, "{:?}", answer.body);
-    assert_eq!(answer.body["code"], code as i32, "{:?}", answer.body);
-    assert!(answer.body["message"].is_string(), "{:?}", answer.body);
-    assert!(answer.body["details"].is_array(), "{:?}", answer.body);
-}
 
 fn customer(app: &TestApp, customer_id: &str) -> Client {
     client_with_token(app.channel.clone(), &token(customer_id, Role::Customer))
@@ -45,6 +30,18 @@ fn get(order_id: &str) -> pb::GetOrderRequest {
     }
 }
 
+/// GetOrder of `order_id`, sending `token`.
+async fn get_as(app: &TestApp, token: String, order_id: &str) -> Result<(), tonic::Status> {
+    let mut client = client_with_token(app.channel.clone(), &token);
+    client.get_order(get(order_id)).await.map(drop)
+}
+
+/// ListOrders of every customer's orders, sending `token`.
+async fn list_all_as(app: &TestApp, token: String) -> Result<Vec<pb::Order>, tonic::Status> {
+    let mut client = client_with_token(app.channel.clone(), &token);
+    Ok(client.list_orders(list("")).await?.into_inner().orders)
+}
+
 fn list(customer_id: &str) -> pb::ListOrdersRequest {
     pb::ListOrdersRequest {
         customer_id: customer_id.into(),
@@ -54,19 +51,6 @@ fn list(customer_id: &str) -> pb::ListOrdersRequest {
     }
 }
 
-fn signed(claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn claims(sub: &str) -> Value {
-    serde_json::to_value(Claims::new(sub, Role::Admin, Duration::from_secs(600))).unwrap()
-}
-
 #[tokio::test]
 async fn calls_without_a_valid_token_are_unauthenticated() {
     let app = spawn_app().await;
@@ -74,43 +58,11 @@ async fn calls_without_a_valid_token_are_unauthenticated() {
         .get_order(get("o-1"))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    let challenge = status.metadata().get("www-authenticate").unwrap();
-    assert!(challenge.to_str().unwrap().starts_with("Bearer"));
-    let answer = rest(&app, http::Method::GET, "/v1/orders/o-1", None, None).await;
-    assert_status_json(&answer, 401, Code::Unauthenticated);
-    assert!(
-        answer.headers["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .starts_with("Bearer")
-    );
+    assert_refused_without_token(&status, app.addr, "/v1/orders/o-1").await;
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut expired = claims("ops");
-    expired["iat"] = json!(now - 7200);
-    expired["exp"] = json!(now - 3600);
-    let mut wrong_audience = claims("ops");
-    wrong_audience["aud"] = json!("payments");
-    for (what, token) in [
-        (
-            "bad signature",
-            signed(&claims("ops"), "not-the-secret-but-32-bytes-long!!!"),
-        ),
-        ("expired", signed(&expired, AUTH_SECRET)),
-        ("wrong audience", signed(&wrong_audience, AUTH_SECRET)),
-    ] {
-        let status = client_with_token(app.channel.clone(), &token)
-            .list_orders(list(""))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
-        let answer = rest(&app, http::Method::GET, "/v1/orders", Some(&token), None).await;
-        assert_status_json(&answer, 401, Code::Unauthenticated);
-    }
+    // Bad signature, expired, wrong audience or issuer, not a JWT.
+    let list_all = |token| list_all_as(&app, token);
+    assert_bad_tokens_refused(app.addr, "/v1/orders", Role::Admin, list_all).await;
 }
 
 #[tokio::test]
@@ -176,30 +128,15 @@ async fn customers_reach_only_their_own_orders() {
 
     // Over REST, the same.
     let alice_token = token("alice", Role::Customer);
-    let answer = rest(
-        &app,
-        http::Method::GET,
-        "/v1/orders/bob-1",
-        Some(&alice_token),
-        None,
-    )
-    .await;
+    let answer = rest_get(app.addr, "/v1/orders/bob-1", Some(&alice_token)).await;
     assert_status_json(&answer, 404, Code::NotFound);
-    let answer = rest(
-        &app,
-        http::Method::GET,
-        "/v1/orders?customerId=bob",
-        Some(&alice_token),
-        None,
-    )
-    .await;
+    let answer = rest_get(app.addr, "/v1/orders?customerId=bob", Some(&alice_token)).await;
     assert_status_json(&answer, 403, Code::PermissionDenied);
-    let answer = rest(
-        &app,
-        http::Method::POST,
+    let answer = rest_post(
+        app.addr,
         "/v1/orders/alice-1:cancel",
         Some(&alice_token),
-        Some(json!({"reason": "changed my mind"})),
+        json!({"reason": "changed my mind"}),
     )
     .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -215,80 +152,22 @@ async fn customers_reach_only_their_own_orders() {
 
 #[tokio::test]
 async fn health_reflection_and_metrics_need_no_token() {
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
     let app = spawn_app().await;
-    let health = HealthClient::new(app.channel.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: pb::order_service_server::SERVICE_NAME.into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(health.into_inner().status, 1, "SERVING");
-    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(app.channel.clone())
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("not a service list: {response:?}");
-    };
-    assert!(
-        list.service
-            .iter()
-            .any(|s| s.name == pb::order_service_server::SERVICE_NAME)
-    );
-    for path in ["/metrics", "/healthz", "/readyz", "/openapi.json", "/docs"] {
-        let answer = rest(&app, http::Method::GET, path, None, None).await;
-        assert_eq!(answer.status, 200, "{path}: {:?}", answer.body);
-    }
+    let service = pb::order_service_server::SERVICE_NAME;
+    assert_open_without_token(app.channel.clone(), app.addr, service).await;
+    let services = reflected_services_v1(app.channel.clone()).await;
+    assert!(services.iter().any(|s| s == service), "{services:?}");
     // AuthService is not here: an unknown service, not a missing token.
-    let answer = rest(
-        &app,
-        http::Method::POST,
-        "/v1/auth:login",
-        None,
-        Some(json!({})),
-    )
-    .await;
+    let answer = rest_post(app.addr, "/v1/auth:login", None, json!({})).await;
     assert_eq!(answer.status, 404, "{:?}", answer.body);
 }
 
 #[tokio::test]
 async fn over_the_limit_is_resource_exhausted_with_retry_info() {
-    let app = spawn_app_with(|c| {
-        c.auth.rate_limit = RateLimitConfig {
-            per_second: 1,
-            burst: 2,
-            limit_admins: true,
-        }
-    })
-    .await;
-    let mut codes = Vec::new();
-    let mut refused = None;
-    let mut alice = customer(&app, "alice");
-    for _ in 0..5 {
-        match alice.get_order(get("nothing")).await {
-            Ok(_) => codes.push(Code::Ok),
-            Err(status) => {
-                codes.push(status.code());
-                if status.code() == Code::ResourceExhausted {
-                    refused = Some(status);
-                }
-            }
-        }
-    }
-    assert_eq!(&codes[..2], [Code::NotFound; 2], "{codes:?}");
-    assert!(codes[2..].contains(&Code::ResourceExhausted), "{codes:?}");
-    let refused = refused.unwrap();
+    let app = spawn_app_with(|c| c.auth.rate_limit = one_per_second(2, true)).await;
+    let alice = token("alice", Role::Customer);
+    let get_nothing = || get_as(&app, alice.clone(), "nothing");
+    let refused = assert_rate_limited(5, 2, Code::NotFound, get_nothing).await;
     assert!(
         refused
             .get_details_retry_info()
@@ -297,21 +176,16 @@ async fn over_the_limit_is_resource_exhausted_with_retry_info() {
             .is_some()
     );
     assert!(refused.metadata().contains_key("retry-after"));
-    let answer = rest(
-        &app,
+    let answer = rest_call(
+        app.addr,
         http::Method::GET,
         "/v1/orders/nothing",
-        Some(&token("alice", Role::Customer)),
+        Some(&alice),
         None,
     )
     .await;
     assert_status_json(&answer, 429, Code::ResourceExhausted);
-    let seconds: u64 = answer.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(seconds >= 1);
+    assert!(retry_after(&answer.headers) >= 1);
 
     // RATE_LIMIT_ADMIN=true: admins have buckets too.
     let mut admin_codes = Vec::new();
@@ -326,44 +200,24 @@ async fn over_the_limit_is_resource_exhausted_with_retry_info() {
 
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
-    let logs = CapturedLogs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
     // The test runs on one thread, and so does the service it spawns.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_logs();
     let app = spawn_app().await;
+    let forged = forged_token("ops", Role::Admin);
+    get_as(&app, forged.clone(), "logged-1").await.unwrap_err();
     let alice_token = token("alice", Role::Customer);
     let mut alice = client_with_token(app.channel.clone(), &alice_token);
     alice
         .create_order(order_request("logged-1", "alice"))
         .await
         .unwrap();
-    alice.get_order(get("logged-1")).await.unwrap();
+    get_as(&app, alice_token.clone(), "logged-1").await.unwrap();
     alice.list_orders(list("bob")).await.unwrap_err();
-    let forged = signed(&claims("ops"), "a-forged-secret-of-at-least-32-bytes!");
-    client_with_token(app.channel.clone(), &forged)
-        .get_order(get("logged-1"))
-        .await
-        .unwrap_err();
-    let answer = rest(
-        &app,
-        http::Method::GET,
-        "/v1/orders/logged-1",
-        Some(&alice_token),
-        None,
-    )
-    .await;
+    let answer = rest_get(app.addr, "/v1/orders/logged-1", Some(&alice_token)).await;
     assert_eq!(answer.status, 200);
     drop(app);
 
     let text = logs.text();
     assert!(text.contains("order created"), "the logs were captured");
-    for secret in [alice_token.as_str(), forged.as_str(), AUTH_SECRET] {
-        assert!(!text.contains(secret), "{secret} is in the logs");
-        let signature = secret.rsplit('.').next().unwrap();
-        assert!(!text.contains(signature), "part of {secret} is in the logs");
-    }
+    assert_not_logged(&text, &[alice_token.as_str(), forged.as_str(), AUTH_SECRET]);
 }

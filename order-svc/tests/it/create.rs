@@ -1,10 +1,10 @@
 //! CreateOrder: validation, the stored order, its outbox event, idempotency
 //! and atomicity.
 
-use ordermesh_platform::auth::Role;
-use ordermesh_platform::testing::rest_call;
+use ordermesh_auth::Role;
 use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_testkit::rest_call;
 use prost::Message as _;
 
 use crate::helpers::{assert_invalid, item, order_request, spawn_app, token};

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use order_svc::store::Store;
-use ordermesh_platform::metrics::ORDERS_OLDEST_PENDING;
-use ordermesh_platform::testing::{eventually, rest_call};
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_runtime::metrics::ORDERS_OLDEST_PENDING;
+use ordermesh_testkit::{eventually, rest_call};
 use tokio::time::timeout;
 
 use crate::helpers::{PATIENCE, order_request, spawn_app, spawn_app_with};
@@ -68,7 +68,7 @@ fn gauge(metrics: &str) -> Option<f64> {
 #[tokio::test]
 async fn the_oldest_pending_order_s_age_is_measured_until_every_order_ended() {
     let app = spawn_app_with(|c| c.pending_age_interval = Duration::from_millis(50)).await;
-    let pool = ordermesh_platform::db::pool(app.config.database.clone(), 1).unwrap();
+    let pool = ordermesh_runtime::db::pool(app.config.database.clone(), 1).unwrap();
     let store = Store::new(pool);
     assert_eq!(store.oldest_pending_age().await.unwrap(), None);
 

@@ -19,22 +19,9 @@ use order_svc::domain::{
 use order_svc::events::{PAYMENT_RESULT_KEYS, decode_payment_event};
 use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_testkit::fuzz::{edit_one_char, proptest_config as config, sometimes_broken};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use prost::{Message as _, Name};
-
-/// `cases` cases (unless `PROPTEST_CASES` asks for another number), with
-/// failures persisted beside this file (see the module docs).
-fn config(cases: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = cases;
-    }
-    config.failure_persistence = Some(Box::new(FileFailurePersistence::SourceParallel(
-        "proptest-regressions",
-    )));
-    config
-}
 
 fn invalid(field: &str, reason: impl Into<String>) -> ValidationError {
     ValidationError {
@@ -109,24 +96,8 @@ fn payment_payload() -> BoxedStrategy<Vec<u8>> {
             }
             .encode_to_vec()
         });
-    let valid = prop_oneof![succeeded, failed, refunded].boxed();
-    prop_oneof![
-        prop::collection::vec(any::<u8>(), 0..64),
-        valid.clone(),
-        // A valid message with one byte changed, or cut short.
-        (valid.clone(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(mut b, at, x)| {
-            if !b.is_empty() {
-                let i = at.index(b.len());
-                b[i] = x;
-            }
-            b
-        }),
-        (valid, any::<prop::sample::Index>()).prop_map(|(mut b, at)| {
-            b.truncate(at.index(b.len() + 1));
-            b
-        }),
-    ]
-    .boxed()
+    // Any bytes, a valid message, or one with a byte changed or cut short.
+    sometimes_broken(prop_oneof![succeeded, failed, refunded].boxed())
 }
 
 fn routing_key() -> impl Strategy<Value = String> {
@@ -468,19 +439,7 @@ proptest! {
         if (other_customer.as_str(), other_status) != (customer_id.as_str(), status) {
             prop_assert_eq!(ListQuery::try_from(list(&other_customer, other_status, 10, &token)), refused.clone());
         }
-        let mut chars: Vec<char> = token.chars().collect();
-        let i = at.index(chars.len());
-        match edit {
-            0 => {
-                prop_assume!(chars[i] != replacement);
-                chars[i] = replacement;
-            }
-            1 => chars.insert(i, replacement),
-            _ => {
-                chars.remove(i);
-            }
-        }
-        let edited: String = chars.into_iter().collect();
+        let edited = edit_one_char(&token, at, replacement, edit)?;
         prop_assert_eq!(ListQuery::try_from(list(&customer_id, status, 10, &edited)), refused);
     }
 }

@@ -3,47 +3,39 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation, Connection};
 use order_svc::Config;
-use ordermesh_platform::auth::{Bearer, Role};
-use ordermesh_platform::testing::{TestBroker, TestDatabase, eventually};
 use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_testkit::{TestBroker, TestDatabase, eventually};
 use pb::order_service_client::OrderServiceClient;
 use prost::{Message as _, Name};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 /// How long a test waits for something asynchronous to happen.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub use ordermesh_testkit::PATIENCE;
 
-/// The HS256 secret the test services verify tokens with.
-pub const AUTH_SECRET: &str = "order-svc-tests-hs256-secret-0123456789";
+use ordermesh_testkit::tokens::{Authed, authed};
+/// The HS256 secret the test services verify tokens with, and tokens
+/// signed with it: for `subject` as `role`, and for the test admin.
+pub use ordermesh_testkit::tokens::{TEST_SECRET as AUTH_SECRET, admin_token, token};
 
 /// An OrderService client that sends a bearer token on every call.
-pub type Client = OrderServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// A token for `subject` as `role`, signed with [`AUTH_SECRET`].
-pub fn token(subject: &str, role: Role) -> String {
-    ordermesh_platform::auth::mint_hs256(AUTH_SECRET, subject, role, Duration::from_secs(600))
-}
+pub type Client = OrderServiceClient<Authed>;
 
 /// A client on `channel` sending `token`.
 pub fn client_with_token(channel: Channel, token: &str) -> Client {
-    OrderServiceClient::with_interceptor(channel, Bearer::new(token))
+    OrderServiceClient::new(authed(channel, token))
 }
 
 /// A client on `channel` acting as an admin (every customer's orders).
 pub fn admin_client(channel: Channel) -> Client {
-    client_with_token(channel, &token("test-admin", Role::Admin))
+    client_with_token(channel, &admin_token())
 }
 
 /// A running order-svc and its private resources. Dropping it stops the
@@ -92,57 +84,28 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     .into_iter()
     .collect();
     let mut config = Config::from_env(&env).expect("test configuration");
-    config.retry = ordermesh_platform::testing::fast_retry_policy();
+    config.retry = ordermesh_testkit::fast_retry_policy();
     customize(&mut config);
 
     // The queue exists before anything is published, so a message sent
     // before the consumer is up waits in it instead of being dropped.
-    let amqp_conn = Connection::connect(broker.config.url.expose(), Default::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let amqp = amqp_conn.create_channel().await.expect("open a channel");
-    ordermesh_platform::amqp::declare_queue(&amqp, &broker.config, &config.consumer_config().queue)
-        .await
-        .expect("declare the test queue");
-    amqp.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("enable publisher confirms");
+    let (amqp_conn, amqp) = broker.confirmed_channel().await;
+    ordermesh_messaging::amqp::declare_queue(
+        &amqp,
+        &broker.config,
+        &config.consumer_config().queue,
+    )
+    .await
+    .expect("declare the test queue");
 
-    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(order_svc::run(config.clone(), listener, shutdown.clone()));
-
-    let channel = {
-        let task = &task;
-        eventually(PATIENCE, || async move {
-            if task.is_finished() {
-                return Some(None);
-            }
-            let channel = Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .ok()?;
-            let mut health = HealthClient::new(channel.clone());
-            let check = health.check(tonic_health::pb::HealthCheckRequest {
-                service: pb::order_service_server::SERVICE_NAME.into(),
-            });
-            let status = tokio::time::timeout(Duration::from_secs(1), check)
-                .await
-                .ok()?
-                .ok()?
-                .into_inner()
-                .status;
-            (status == ServingStatus::Serving as i32).then_some(Some(channel))
-        })
-        .await
-    };
-    let channel = match channel {
-        Some(Some(channel)) => channel,
-        Some(None) => panic!("order-svc stopped while starting: {:?}", task.await),
-        None => panic!("order-svc did not become healthy within {PATIENCE:?}"),
-    };
+    let app = ordermesh_testkit::app::serve(
+        config.addr,
+        pb::order_service_server::SERVICE_NAME,
+        PATIENCE,
+        |listener, shutdown| order_svc::run(config.clone(), listener, shutdown),
+    )
+    .await;
+    let (addr, channel, shutdown, task) = (app.addr, app.channel, app.shutdown, app.task);
 
     TestApp {
         client: admin_client(channel.clone()),
@@ -320,18 +283,14 @@ impl TestApp {
 
     /// Messages waiting in the dead-letter queue of the order queue.
     pub async fn dead_letters(&self) -> u32 {
-        let dlq = ordermesh_platform::amqp::dead_letter_queue(&self.config.queue);
-        ordermesh_platform::testing::queue_depth(&self.amqp, &dlq).await
+        let dlq = ordermesh_messaging::amqp::dead_letter_queue(&self.config.queue);
+        ordermesh_testkit::queue_depth(&self.amqp, &dlq).await
     }
 
     /// Stops the service and returns how `run` ended.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
         let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .expect("run returns after shutdown")
-            .expect("run does not panic")
+        ordermesh_testkit::app::stop(&self.shutdown, task).await
     }
 
     /// A plain SQL client on the service's database.

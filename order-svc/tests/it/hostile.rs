@@ -13,14 +13,13 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use ordermesh_platform::auth::{Bearer, Role};
-use ordermesh_platform::testing::{RawCodec, eventually};
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_testkit::hostile::SQL_LOOKING;
+use ordermesh_testkit::{assert_undecodable, eventually, raw_unary_refused};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -28,23 +27,9 @@ use tonic_health::pb::health_client::HealthClient;
 use order_svc::domain::check_order_id;
 
 use crate::helpers::{
-    Client, PATIENCE, TestApp, admin_client, assert_invalid, item, order_request, spawn_app, token,
+    Client, PATIENCE, TestApp, admin_client, admin_token, assert_invalid, item, order_request,
+    spawn_app,
 };
-
-/// Text that would do harm if it were ever spliced into SQL (or a LIKE
-/// pattern) rather than bound as a parameter. Each is a valid customer id,
-/// SKU and cancel reason.
-const SQL_LOOKING: &[&str] = &[
-    "'; DROP TABLE orders; --",
-    "\\' OR 1=1",
-    "' OR '1'='1' --",
-    "$1",
-    "%",
-    "_",
-    "\\",
-    "\"; SELECT pg_sleep(10); --",
-    "Robert'); DROP TABLE outbox;--",
-];
 
 /// The service under attack: where it listens, an admin client (hostile
 /// input is tested past authentication) and a plain HTTP client.
@@ -63,10 +48,6 @@ impl Drop for Target {
             shutdown.cancel();
         }
     }
-}
-
-fn admin_token() -> String {
-    token("test-admin", Role::Admin)
 }
 
 fn target(app: &TestApp) -> Target {
@@ -161,14 +142,7 @@ impl Target {
 
     /// Sends `message` as the request of `method`, bytes as they are.
     async fn raw_grpc(&self, method: &'static str, message: Vec<u8>) -> tonic::Status {
-        let admin = Bearer::new(&admin_token());
-        let mut grpc =
-            tonic::client::Grpc::new(InterceptedService::new(self.channel.clone(), admin));
-        grpc.ready().await.unwrap();
-        let path = http::uri::PathAndQuery::from_static(method);
-        grpc.unary(tonic::Request::new(message), path, RawCodec)
-            .await
-            .expect_err("hostile bytes are refused")
+        raw_unary_refused(self.channel.clone(), &admin_token(), method, message).await
     }
 
     /// Health says SERVING, and an order can be created and read over
@@ -314,17 +288,7 @@ async fn invalid_protobuf_is_refused_without_harm() {
     let mut lying = vec![0x12, 0xff, 0xff, 0xff, 0xff, 0x0f];
     lying.extend_from_slice(b"alice");
     for message in [lying, vec![0x12], vec![0x10, 0xff], vec![0x7b; 100_000]] {
-        let status = target.raw_grpc(CREATE_ORDER, message.clone()).await;
-        assert!(
-            matches!(status.code(), Code::InvalidArgument | Code::Internal),
-            "{status:?}"
-        );
-        assert!(
-            status
-                .message()
-                .starts_with("failed to decode Protobuf message"),
-            "{status:?}"
-        );
+        assert_undecodable(&target.raw_grpc(CREATE_ORDER, message.clone()).await);
         target.assert_still_serving().await;
     }
 
@@ -546,17 +510,12 @@ async fn sql_looking_text_is_stored_verbatim_and_never_interpreted() {
         assert_eq!(order.customer_id, *text);
         assert_eq!(order.items[0].sku, *text);
 
-        let cancelled = client()
-            .cancel_order(pb::CancelOrderRequest {
-                order_id: id.clone(),
-                reason: (*text).to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .order
-            .unwrap();
-        assert_eq!(cancelled.cancel_reason, *text);
+        let cancel = pb::CancelOrderRequest {
+            order_id: id.clone(),
+            reason: (*text).to_owned(),
+        };
+        let cancelled = client().cancel_order(cancel).await.unwrap().into_inner();
+        assert_eq!(cancelled.order.unwrap().cancel_reason, *text);
         ids.push(id);
     }
     // The same over REST, as JSON.
@@ -580,15 +539,7 @@ async fn sql_looking_text_is_stored_verbatim_and_never_interpreted() {
     assert_eq!(answer.body["order"]["items"][0]["sku"], "\\' OR 1=1");
 
     for (i, text) in SQL_LOOKING.iter().enumerate() {
-        let order = client()
-            .get_order(pb::GetOrderRequest {
-                order_id: ids[i].clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .order
-            .unwrap();
+        let order = app.get(&ids[i]).await.unwrap();
         assert_eq!(order.customer_id.as_bytes(), text.as_bytes());
         assert_eq!(order.items[0].sku.as_bytes(), text.as_bytes());
         assert_eq!(order.cancel_reason.as_bytes(), text.as_bytes());

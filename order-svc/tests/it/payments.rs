@@ -2,8 +2,8 @@
 //! never backwards; poison goes to the dead-letter queue without blocking
 //! the queue.
 
-use ordermesh_platform::testing::eventually;
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_testkit::eventually;
 
 use crate::helpers::{PATIENCE, order_request, spawn_app};
 
@@ -182,7 +182,7 @@ async fn a_result_the_database_refuses_is_dead_lettered_at_once_not_retried() {
         "ordermesh_consumer_retries_total{{queue=\"{}\"}}",
         app.config.queue
     );
-    let metrics = ordermesh_platform::metrics::render();
+    let metrics = ordermesh_runtime::metrics::render();
     assert!(!metrics.contains(&retries), "{metrics}");
     app.sync_consumer().await;
 }

@@ -9,10 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use order_svc::Config;
-use ordermesh_platform::auth::Role;
-use ordermesh_platform::testing::{TestBroker, TestDatabase, eventually};
-use ordermesh_platform::tls::TestPki;
+use ordermesh_auth::Role;
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_testkit::TestPki;
+use ordermesh_testkit::{TestBroker, TestDatabase, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};

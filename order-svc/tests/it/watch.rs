@@ -13,9 +13,11 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use order_svc::watch::{APPLICATION_NAME, CHANNEL, LOCK_APPLICATION_NAME, LOCK_CLASS};
-use ordermesh_platform::auth::Role;
-use ordermesh_platform::testing::eventually;
+use ordermesh_auth::Role;
 use ordermesh_proto::order::v1 as pb;
+use ordermesh_runtime::db::{DbConfig, Dedicated};
+use ordermesh_runtime::listen::notifications;
+use ordermesh_testkit::eventually;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -101,24 +103,11 @@ async fn bucket_of(sql: &tokio_postgres::Client, order_id: &str) -> i32 {
 
 /// A plain connection LISTENing on the watch channel: the payloads, in
 /// commit order.
-async fn listen(app: &TestApp) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<String>) {
-    let (client, mut connection) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
+async fn listen(app: &TestApp) -> (Dedicated, mpsc::UnboundedReceiver<String>) {
+    let config: DbConfig = app.db.url.parse().unwrap();
+    notifications(&config, CHANNEL)
         .await
-        .expect("connect the listener");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_owned());
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .unwrap();
-    (client, rx)
+        .expect("LISTEN on the watch channel")
 }
 
 /// The payloads notified before a marker NOTIFYed now. Notifications come

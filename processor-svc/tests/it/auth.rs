@@ -6,17 +6,22 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
-use ordermesh_platform::auth::{Claims, RateLimitConfig, Role};
-use ordermesh_platform::testing::{CapturedLogs, RestAnswer as Answer, rest_call};
+use ordermesh_auth::{Claims, Role};
 use ordermesh_proto::auth::v1 as auth_pb;
 use ordermesh_proto::payment::v1::account_service_client::AccountServiceClient;
 use ordermesh_proto::payment::v1::{
     CreateAccountRequest, DepositRequest, GetAccountRequest, ListTransactionsRequest,
 };
-use serde_json::{Value, json};
+use ordermesh_testkit::auth_cases::{
+    assert_bad_tokens_refused, assert_not_logged, assert_open_without_token, assert_rate_limited,
+    assert_refused_without_token, assert_status_json, capture_logs, forged_token, now,
+    one_per_second, reflected_services_v1alpha, retry_after,
+};
+use ordermesh_testkit::{RestAnswer as Answer, rest_call_with, rest_get, rest_post};
+use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -28,48 +33,16 @@ fn auth_client(app: &TestApp) -> AuthClient {
     auth_pb::auth_service_client::AuthServiceClient::new(app.channel.clone())
 }
 
-async fn rest(
-    app: &TestApp,
-    method: http::Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Answer {
-    rest_call(app.addr, method, path, bearer, body).await
-}
-
-/// Asserts a `google.rpc.Status` JSON error body with `code`.
-fn assert_status_json(answer: &Answer, http: u16, code: Code) {
-    assert_eq!(answer.status, http, "{:?}", answer.body);
-    assert_eq!(answer.body["code"], code as i32, "{:?}", answer.body);
-    assert!(answer.body["message"].is_string(), "{:?}", answer.body);
-    assert!(answer.body["details"].is_array(), "{:?}", answer.body);
-}
-
 fn get_account(customer_id: &str) -> GetAccountRequest {
     GetAccountRequest {
         customer_id: customer_id.into(),
     }
 }
 
-fn signed(claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn claims(sub: &str) -> Value {
-    serde_json::to_value(Claims::new(sub, Role::Customer, Duration::from_secs(600))).unwrap()
+/// GetAccount of `customer_id`'s account, sending `token`.
+async fn account_as(app: &TestApp, token: String, customer_id: &str) -> Result<(), tonic::Status> {
+    let mut client = client_with_token(app.channel.clone(), &token);
+    client.get_account(get_account(customer_id)).await.map(drop)
 }
 
 #[tokio::test]
@@ -79,73 +52,17 @@ async fn calls_without_a_token_are_unauthenticated() {
         .get_account(get_account("alice"))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    let challenge = status
-        .metadata()
-        .get("www-authenticate")
-        .expect("a challenge");
-    assert!(
-        challenge.to_str().unwrap().starts_with("Bearer"),
-        "{challenge:?}"
-    );
-
-    let answer = rest(&app, http::Method::GET, "/v1/accounts/alice", None, None).await;
-    assert_status_json(&answer, 401, Code::Unauthenticated);
-    assert!(
-        answer.headers["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .starts_with("Bearer")
-    );
+    assert_refused_without_token(&status, app.addr, "/v1/accounts/alice").await;
     // A malformed header is refused the same way.
-    let answer = rest(
-        &app,
-        http::Method::GET,
-        "/v1/accounts/alice",
-        Some(""),
-        None,
-    )
-    .await;
+    let answer = rest_get(app.addr, "/v1/accounts/alice", Some("")).await;
     assert_status_json(&answer, 401, Code::Unauthenticated);
 }
 
 #[tokio::test]
 async fn bad_tokens_are_unauthenticated() {
     let app = spawn_app().await;
-    let mut expired = claims("alice");
-    expired["iat"] = json!(now() - 7200);
-    expired["exp"] = json!(now() - 3600);
-    let mut wrong_audience = claims("alice");
-    wrong_audience["aud"] = json!("someone-else");
-    let mut wrong_issuer = claims("alice");
-    wrong_issuer["iss"] = json!("someone-else");
-    let cases = [
-        (
-            "bad signature",
-            signed(&claims("alice"), "another-secret-that-is-32-bytes-long!!"),
-        ),
-        ("expired", signed(&expired, AUTH_SECRET)),
-        ("wrong audience", signed(&wrong_audience, AUTH_SECRET)),
-        ("wrong issuer", signed(&wrong_issuer, AUTH_SECRET)),
-        ("garbage", "not-a-jwt".to_owned()),
-    ];
-    for (what, token) in cases {
-        let status = client_with_token(app.channel.clone(), &token)
-            .get_account(get_account("alice"))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
-        assert!(status.metadata().contains_key("www-authenticate"), "{what}");
-        let answer = rest(
-            &app,
-            http::Method::GET,
-            "/v1/accounts/alice",
-            Some(&token),
-            None,
-        )
-        .await;
-        assert_status_json(&answer, 401, Code::Unauthenticated);
-    }
+    let get_alices = |token| account_as(&app, token, "alice");
+    assert_bad_tokens_refused(app.addr, "/v1/accounts/alice", Role::Customer, get_alices).await;
 }
 
 #[tokio::test]
@@ -275,23 +192,9 @@ async fn registered_customers_reach_only_their_own_account() {
     assert_eq!(app.balance("bob").await, 900, "her deposit did not land");
 
     // Over REST, the same rules.
-    let answer = rest(
-        &app,
-        http::Method::GET,
-        "/v1/accounts/bob",
-        Some(&alice_token),
-        None,
-    )
-    .await;
+    let answer = rest_get(app.addr, "/v1/accounts/bob", Some(&alice_token)).await;
     assert_status_json(&answer, 404, Code::NotFound);
-    let answer = rest(
-        &app,
-        http::Method::GET,
-        "/v1/accounts/alice",
-        Some(&alice_token),
-        None,
-    )
-    .await;
+    let answer = rest_get(app.addr, "/v1/accounts/alice", Some(&alice_token)).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["account"]["balanceMinor"], "500");
 
@@ -304,60 +207,42 @@ async fn registered_customers_reach_only_their_own_account() {
 async fn register_and_login_over_rest() {
     let app = spawn_app().await;
     let body = json!({"customerId": "dora", "password": "a long enough password"});
-    let answer = rest(
-        &app,
-        http::Method::POST,
-        "/v1/auth:register",
-        None,
-        Some(body.clone()),
-    )
-    .await;
+    let answer = rest_post(app.addr, "/v1/auth:register", None, body.clone()).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert!(answer.body["accessToken"].is_string());
     assert!(answer.body["expireTime"].is_string());
-    let answer = rest(
-        &app,
-        http::Method::POST,
-        "/v1/auth:register",
-        None,
-        Some(body),
-    )
-    .await;
+    let answer = rest_post(app.addr, "/v1/auth:register", None, body).await;
     assert_status_json(&answer, 409, Code::AlreadyExists);
-    let answer = rest(
-        &app,
-        http::Method::POST,
+    let answer = rest_post(
+        app.addr,
         "/v1/auth:login",
         None,
-        Some(json!({"customerId": "dora", "password": "a long enough password"})),
+        json!({"customerId": "dora", "password": "a long enough password"}),
     )
     .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     let dora = answer.body["accessToken"].as_str().unwrap().to_owned();
-    let answer = rest(
-        &app,
-        http::Method::POST,
+    let answer = rest_post(
+        app.addr,
         "/v1/auth:login",
         None,
-        Some(json!({"customerId": "dora", "password": "not the password"})),
+        json!({"customerId": "dora", "password": "not the password"}),
     )
     .await;
     assert_status_json(&answer, 401, Code::Unauthenticated);
-    let answer = rest(
-        &app,
-        http::Method::POST,
+    let answer = rest_post(
+        app.addr,
         "/v1/accounts",
         Some(&dora),
-        Some(json!({"customerId": "dora"})),
+        json!({"customerId": "dora"}),
     )
     .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    let answer = rest(
-        &app,
-        http::Method::POST,
+    let answer = rest_post(
+        app.addr,
         "/v1/accounts",
         Some(&dora),
-        Some(json!({"customerId": "eve"})),
+        json!({"customerId": "eve"}),
     )
     .await;
     assert_status_json(&answer, 403, Code::PermissionDenied);
@@ -365,75 +250,24 @@ async fn register_and_login_over_rest() {
 
 #[tokio::test]
 async fn health_reflection_and_metrics_need_no_token() {
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-
     let app = spawn_app().await;
-    let health = HealthClient::new(app.channel.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: processor_svc::GRPC_SERVICE.into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(health.into_inner().status, 1, "SERVING");
-
-    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(app.channel.clone())
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("not a service list: {response:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let service = processor_svc::GRPC_SERVICE;
+    assert_open_without_token(app.channel.clone(), app.addr, service).await;
+    let names = reflected_services_v1alpha(app.channel.clone()).await;
     assert!(
         names.contains(&"ordermesh.auth.v1.AuthService".to_owned()),
         "{names:?}"
     );
-
-    for path in ["/metrics", "/healthz", "/readyz", "/openapi.json", "/docs"] {
-        let answer = rest(&app, http::Method::GET, path, None, None).await;
-        assert_eq!(answer.status, 200, "{path}: {:?}", answer.body);
-    }
 }
 
 #[tokio::test]
 async fn over_the_limit_is_resource_exhausted_with_retry_info() {
-    let app = spawn_app_with(|c| {
-        c.auth.rate_limit = RateLimitConfig {
-            per_second: 1,
-            burst: 3,
-            limit_admins: false,
-        }
-    })
-    .await;
+    let app = spawn_app_with(|c| c.auth.rate_limit = one_per_second(3, false)).await;
     let alice = token("alice", Role::Customer);
-    let mut client = client_with_token(app.channel.clone(), &alice);
-    let mut codes = Vec::new();
-    let mut refused = None;
-    for _ in 0..6 {
-        match client.get_account(get_account("alice")).await {
-            Ok(_) => codes.push(Code::Ok),
-            Err(status) => {
-                codes.push(status.code());
-                if status.code() == Code::ResourceExhausted {
-                    refused = Some(status);
-                }
-            }
-        }
-    }
     // Three calls reach the service (the account does not exist), then
     // the bucket is empty.
-    assert_eq!(&codes[..3], [Code::NotFound; 3], "{codes:?}");
-    assert!(codes[3..].contains(&Code::ResourceExhausted), "{codes:?}");
-    let refused = refused.unwrap();
+    let get_alices = || account_as(&app, alice.clone(), "alice");
+    let refused = assert_rate_limited(6, 3, Code::NotFound, get_alices).await;
     let retry = refused
         .get_details_retry_info()
         .expect("a RetryInfo detail");
@@ -452,23 +286,9 @@ async fn over_the_limit_is_resource_exhausted_with_retry_info() {
         .unwrap();
     assert!(seconds >= 1);
 
-    let answer = rest(
-        &app,
-        http::Method::GET,
-        "/v1/accounts/alice",
-        Some(&alice),
-        None,
-    )
-    .await;
+    let answer = rest_get(app.addr, "/v1/accounts/alice", Some(&alice)).await;
     assert_status_json(&answer, 429, Code::ResourceExhausted);
-    assert!(
-        answer.headers["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    assert!(retry_after(&answer.headers) >= 1);
     assert_eq!(
         answer.body["details"][0]["@type"],
         "type.googleapis.com/google.rpc.RetryInfo"
@@ -512,14 +332,8 @@ async fn over_the_limit_is_resource_exhausted_with_retry_info() {
 
 #[tokio::test]
 async fn tokens_and_passwords_never_reach_the_logs() {
-    let logs = CapturedLogs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
     // The test runs on one thread, and so does the service it spawns.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_logs();
 
     let app = spawn_app().await;
     let password = "the-password-that-must-not-be-logged";
@@ -542,19 +356,9 @@ async fn tokens_and_passwords_never_reach_the_logs() {
         .unwrap();
     frank.get_account(get_account("frank")).await.unwrap();
     frank.get_account(get_account("bob")).await.unwrap_err();
-    let forged = signed(&claims("frank"), "a-forged-secret-of-at-least-32-bytes!");
-    client_with_token(app.channel.clone(), &forged)
-        .get_account(get_account("frank"))
-        .await
-        .unwrap_err();
-    let answer = rest(
-        &app,
-        http::Method::GET,
-        "/v1/accounts/frank",
-        Some(&registered),
-        None,
-    )
-    .await;
+    let forged = forged_token("frank", Role::Customer);
+    account_as(&app, forged.clone(), "frank").await.unwrap_err();
+    let answer = rest_get(app.addr, "/v1/accounts/frank", Some(&registered)).await;
     assert_eq!(answer.status, 200);
     auth_client(&app)
         .login(auth_pb::LoginRequest {
@@ -570,12 +374,11 @@ async fn tokens_and_passwords_never_reach_the_logs() {
         text.contains("customer registered"),
         "the logs were captured"
     );
-    for secret in [registered.as_str(), forged.as_str(), password, AUTH_SECRET] {
-        assert!(!text.contains(secret), "{secret} is in the logs");
-        // Nor its signature alone.
-        let tail = secret.rsplit('.').next().unwrap();
-        assert!(!text.contains(tail), "part of {secret} is in the logs");
-    }
+    // Nor their signatures alone.
+    assert_not_logged(
+        &text,
+        &[registered.as_str(), forged.as_str(), password, AUTH_SECRET],
+    );
 }
 
 /// An Ed25519 key pair in files: the private key (PEM), the public key
@@ -747,44 +550,6 @@ async fn the_service_refuses_to_start_without_usable_keys() {
     assert!(!err.to_string().contains("too short"), "{err}");
 }
 
-/// One HTTP/1.1 call like [`rest`], with `extra` request headers (e.g.
-/// `x-forwarded-for`).
-async fn rest_with(
-    app: &TestApp,
-    method: http::Method,
-    path: &str,
-    extra: &[(&str, &str)],
-    body: Option<Value>,
-) -> Answer {
-    use http_body_util::{BodyExt as _, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", app.addr))
-        .header("content-type", "application/json");
-    for (name, value) in extra {
-        request = request.header(*name, *value);
-    }
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let response = client
-        .request(request.body(Full::new(bytes::Bytes::from(body))).unwrap())
-        .await
-        .expect("REST call");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
 /// `POST /v1/auth:login` as sent through a proxy that saw `forwarded_for`.
 async fn login_via(
     app: &TestApp,
@@ -792,8 +557,8 @@ async fn login_via(
     customer_id: &str,
     password: &str,
 ) -> Answer {
-    rest_with(
-        app,
+    rest_call_with(
+        app.addr,
         http::Method::POST,
         "/v1/auth:login",
         &[("x-forwarded-for", forwarded_for)],
@@ -845,12 +610,11 @@ async fn register_refuses_an_id_an_admin_opened_an_account_for() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
-    let answer = rest(
-        &app,
-        http::Method::POST,
+    let answer = rest_post(
+        app.addr,
         "/v1/auth:register",
         None,
-        Some(json!({"customerId": "carol", "password": "the attacker's password"})),
+        json!({"customerId": "carol", "password": "the attacker's password"}),
     )
     .await;
     assert_status_json(&answer, 409, Code::AlreadyExists);
@@ -893,7 +657,7 @@ async fn register_refuses_an_id_an_admin_opened_an_account_for() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     for path in ["/v1/accounts/carol", "/v1/accounts/carol/transactions"] {
-        let answer = rest(&app, http::Method::GET, path, Some(&mallory), None).await;
+        let answer = rest_get(app.addr, path, Some(&mallory)).await;
         assert_status_json(&answer, 404, Code::NotFound);
     }
     assert_eq!(app.balance("carol").await, 900);
@@ -920,12 +684,8 @@ async fn concurrent_registers_of_one_id_leave_one_winner() {
 async fn spawn_behind_proxy(throttle: processor_svc::auth::Throttle) -> TestApp {
     spawn_app_with(move |c| {
         c.auth.trusted_proxies =
-            ordermesh_platform::auth::TrustedProxies::new(vec!["127.0.0.1".parse().unwrap()]);
-        c.auth.rate_limit = RateLimitConfig {
-            per_second: 1,
-            burst: 3,
-            limit_admins: false,
-        };
+            ordermesh_auth::TrustedProxies::new(vec!["127.0.0.1".parse().unwrap()]);
+        c.auth.rate_limit = one_per_second(3, false);
         c.login.throttle = throttle;
     })
     .await
@@ -1052,7 +812,7 @@ async fn password_guessing_is_throttled_per_customer_across_addresses() {
 
     // Once the lock is over the right password works again. Attempts
     // while locked count for nothing, so polling cannot extend the lock.
-    let token = ordermesh_platform::testing::eventually(Duration::from_secs(30), || {
+    let token = ordermesh_testkit::eventually(Duration::from_secs(30), || {
         let xff = addresses.next().unwrap();
         let app = &app;
         async move {
@@ -1131,8 +891,8 @@ async fn forwarded_for_names_the_caller_only_from_a_trusted_proxy() {
     // Nor can a REST caller pass its own as gRPC metadata.
     let mut limited = false;
     for i in 0..6 {
-        let answer = rest_with(
-            &app,
+        let answer = rest_call_with(
+            app.addr,
             http::Method::POST,
             "/v1/auth:login",
             &[
@@ -1161,12 +921,8 @@ async fn forwarded_for_names_the_caller_only_from_a_trusted_proxy() {
     // ignored and all calls share the peer's bucket.
     let app = spawn_app_with(|c| {
         c.auth.trusted_proxies =
-            ordermesh_platform::auth::TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
-        c.auth.rate_limit = RateLimitConfig {
-            per_second: 1,
-            burst: 3,
-            limit_admins: false,
-        };
+            ordermesh_auth::TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        c.auth.rate_limit = one_per_second(3, false);
     })
     .await;
     let mut limited = false;

@@ -13,30 +13,17 @@
 
 use std::collections::BTreeMap;
 
-use ordermesh_platform::amqp::Message;
+use ordermesh_messaging::amqp::Message;
 use ordermesh_proto::events::v1 as events;
 use ordermesh_proto::order::v1::OrderItem;
+use ordermesh_testkit::fuzz::{edit_one_char, proptest_config as config, sometimes_broken};
 use processor_svc::Error;
 use processor_svc::account::{Deposit, MAX_ID_CHARS, NewAccount, parse_customer_id};
 use processor_svc::consumer::{OrderEvent, decode};
 use processor_svc::ledger::TransactionQuery;
 use processor_svc::rules::{Cancellation, Item, Order};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use prost::{Message as _, Name};
-
-/// `cases` cases (unless `PROPTEST_CASES` asks for another number), with
-/// failures persisted beside this file (see the module docs).
-fn config(cases: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = cases;
-    }
-    config.failure_persistence = Some(Box::new(FileFailurePersistence::SourceParallel(
-        "proptest-regressions",
-    )));
-    config
-}
 
 /// A validation outcome in comparable form: the field and the reason.
 fn checked<T>(result: Result<T, Error>) -> Result<T, (&'static str, String)> {
@@ -112,22 +99,7 @@ fn order_payload() -> BoxedStrategy<Vec<u8>> {
         order_cancelled().prop_map(|m| m.encode_to_vec()),
     ]
     .boxed();
-    prop_oneof![
-        prop::collection::vec(any::<u8>(), 0..64),
-        valid.clone(),
-        (valid.clone(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(mut b, at, x)| {
-            if !b.is_empty() {
-                let i = at.index(b.len());
-                b[i] = x;
-            }
-            b
-        }),
-        (valid, any::<prop::sample::Index>()).prop_map(|(mut b, at)| {
-            b.truncate(at.index(b.len() + 1));
-            b
-        }),
-    ]
-    .boxed()
+    sometimes_broken(valid)
 }
 
 fn message(routing_key: &str, event_type: &str, payload: Vec<u8>) -> Message {
@@ -385,19 +357,7 @@ proptest! {
         if other != customer_id && !other.trim().is_empty() {
             prop_assert_eq!(checked(TransactionQuery::parse(other, 10, &token)), not_ours.clone());
         }
-        let mut chars: Vec<char> = token.chars().collect();
-        let i = at.index(chars.len());
-        match edit {
-            0 => {
-                prop_assume!(chars[i] != replacement);
-                chars[i] = replacement;
-            }
-            1 => chars.insert(i, replacement),
-            _ => {
-                chars.remove(i);
-            }
-        }
-        let edited: String = chars.into_iter().collect();
+        let edited = edit_one_char(&token, at, replacement, edit)?;
         prop_assert_eq!(checked(TransactionQuery::parse(customer_id, 10, &edited)), not_ours);
     }
 }

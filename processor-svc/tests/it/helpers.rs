@@ -4,51 +4,43 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
-use ordermesh_platform::auth::{Bearer, Role};
-use ordermesh_platform::testing::{TestBroker, TestDatabase, eventually};
 use ordermesh_proto::events::v1::{OrderCancelled, OrderCreated};
 use ordermesh_proto::order::v1::OrderItem;
 use ordermesh_proto::payment::v1::account_service_client::AccountServiceClient;
-use ordermesh_proto::payment::v1::{CreateAccountRequest, DepositRequest, GetAccountRequest};
+use ordermesh_proto::payment::v1::{
+    Account, CreateAccountRequest, DepositRequest, GetAccountRequest,
+};
+use ordermesh_testkit::{TestBroker, TestDatabase, eventually};
 use processor_svc::Config;
 use processor_svc::store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// How long a test waits for something asynchronous to happen.
-pub const WAIT: Duration = Duration::from_secs(20);
+pub use ordermesh_testkit::PATIENCE as WAIT;
 
-/// The HS256 secret the test services sign and verify tokens with.
-pub const AUTH_SECRET: &str = "processor-svc-tests-hs256-secret-0123456789";
+use ordermesh_testkit::tokens::{Authed, authed};
+/// The HS256 secret the test services verify tokens with, and tokens
+/// signed with it: for `subject` as `role`, and for the test admin.
+pub use ordermesh_testkit::tokens::{TEST_SECRET as AUTH_SECRET, admin_token, token};
 
 /// An AccountService client that sends a bearer token on every call.
-pub type Client = AccountServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Client = AccountServiceClient<Authed>;
 
-/// A token for `subject` as `role`, signed with [`AUTH_SECRET`].
-pub fn token(subject: &str, role: Role) -> String {
-    ordermesh_platform::auth::mint_hs256(AUTH_SECRET, subject, role, Duration::from_secs(600))
-}
-
-/// A client on `channel` sending `token`.
+/// A client on `channel` sending `token` (the test admin's: every
+/// customer's account).
 pub fn client_with_token(channel: Channel, token: &str) -> Client {
-    AccountServiceClient::with_interceptor(channel, Bearer::new(token))
-}
-
-/// A client on `channel` acting as an admin (every customer's account).
-pub fn admin_client(channel: Channel) -> Client {
-    client_with_token(channel, &token("test-admin", Role::Admin))
+    AccountServiceClient::new(authed(channel, token))
 }
 
 /// A running processor-svc with its own database, exchange and queue.
 pub struct TestApp {
-    /// Acts as an admin (see [`admin_client`]).
+    /// Acts as the test admin ([`admin_token`]).
     pub client: Client,
     /// The client's connection, for other services on the same server.
     pub channel: Channel,
@@ -75,7 +67,7 @@ pub async fn spawn_app() -> TestApp {
 /// Like [`spawn_app`], after `customize` had a go at the configuration.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
     // Spans get trace ids, so trace context can be followed through.
-    ordermesh_platform::testing::init_tracing();
+    ordermesh_testkit::init_tracing();
     let db = TestDatabase::new();
     let broker = TestBroker::new();
     let queue = broker.queue("order-created");
@@ -89,66 +81,27 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
         ("AUTH_JWT_SECRET", AUTH_SECRET.to_owned()),
     ]);
     let mut config = Config::from_env(&env).expect("test configuration is valid");
-    config.retry = ordermesh_platform::testing::fast_retry_policy();
+    config.retry = ordermesh_testkit::fast_retry_policy();
     customize(&mut config);
 
     // Declare the topology up front (as the service will), so messages
     // published before the consumer is up wait in the queue.
-    let amqp = Connection::connect(broker.config.url.expose(), Default::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let publisher = amqp.create_channel().await.expect("open a channel");
-    ordermesh_platform::amqp::declare_queue(&publisher, &config.broker, &config.queue_spec())
+    let (amqp, publisher) = broker.confirmed_channel().await;
+    ordermesh_messaging::amqp::declare_queue(&publisher, &config.broker, &config.queue_spec())
         .await
         .expect("declare the test queue");
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("enable publisher confirms");
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a port");
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(processor_svc::run(config, listener, shutdown.clone()));
-
-    // Serving health means the database is migrated and gRPC is up.
-    let url = format!("http://{addr}");
-    let channel = eventually(WAIT, || async {
-        let attempt = async {
-            let channel = tonic::transport::Endpoint::from_shared(url.clone())
-                .ok()?
-                .connect()
-                .await
-                .ok()?;
-            let request = tonic_health::pb::HealthCheckRequest {
-                service: processor_svc::GRPC_SERVICE.into(),
-            };
-            let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
-                .check(request)
-                .await
-                .ok()?
-                .into_inner()
-                .status;
-            // SERVING once the consumer is connected too (readiness).
-            (status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
-                .then_some(channel)
-        };
-        tokio::time::timeout(Duration::from_secs(2), attempt)
-            .await
-            .ok()
-            .flatten()
-    })
+    // Serving health means the database is migrated, gRPC is up and the
+    // consumer is connected (readiness).
+    let app = ordermesh_testkit::app::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        processor_svc::GRPC_SERVICE,
+        WAIT,
+        |listener, shutdown| processor_svc::run(config, listener, shutdown),
+    )
     .await;
-    let Some(channel) = channel else {
-        if server.is_finished() {
-            let result = server.await.expect("the service task did not panic");
-            panic!("the service stopped during start: {result:?}");
-        }
-        panic!("the service did not become healthy within {WAIT:?}");
-    };
-    let client = admin_client(channel.clone());
+    let (addr, channel, shutdown, server) = (app.addr, app.channel, app.shutdown, app.task);
+    let client = client_with_token(channel.clone(), &admin_token());
     let sql = db.client().await;
 
     TestApp {
@@ -204,12 +157,8 @@ pub struct PaymentRow {
 impl TestApp {
     /// Asks the service to stop and returns what `run` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
         let server = self.server.take().expect("the service is running");
-        tokio::time::timeout(WAIT, server)
-            .await
-            .expect("the service stopped in time")
-            .expect("the service task did not panic")
+        ordermesh_testkit::app::stop(&self.shutdown, server).await
     }
 
     /// Opens an account and deposits `amount_minor` into it.
@@ -235,6 +184,11 @@ impl TestApp {
     }
 
     pub async fn balance(&self, customer_id: &str) -> i64 {
+        self.account(customer_id).await.balance_minor
+    }
+
+    /// `customer_id`'s account, read as the admin.
+    pub async fn account(&self, customer_id: &str) -> Account {
         self.client
             .clone()
             .get_account(GetAccountRequest {
@@ -245,7 +199,6 @@ impl TestApp {
             .into_inner()
             .account
             .expect("an account")
-            .balance_minor
     }
 
     /// Publishes `order` as `order.created` the way the relay does.
@@ -395,7 +348,7 @@ impl TestApp {
     /// calls at once) besides the running consumer.
     pub fn store(&self) -> Store {
         let config = self._db.url.parse().expect("test URL parses");
-        Store::new(ordermesh_platform::db::pool(config, 16).expect("build a pool"))
+        Store::new(ordermesh_runtime::db::pool(config, 16).expect("build a pool"))
     }
 
     /// Message ids in the consumer's inbox.
@@ -414,7 +367,7 @@ impl TestApp {
 
     /// Waits for a message in the dead-letter queue and returns its id.
     pub async fn wait_for_dead_letter(&self) -> String {
-        let dlq = ordermesh_platform::amqp::dead_letter_queue(&self.queue);
+        let dlq = ordermesh_messaging::amqp::dead_letter_queue(&self.queue);
         eventually(WAIT, || async {
             let got = self
                 .publisher

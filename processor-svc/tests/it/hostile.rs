@@ -3,39 +3,19 @@
 //! as customer and deposit ids. Each is refused with a client error or
 //! stored and read back byte for byte, and the service keeps serving.
 
-use ordermesh_platform::auth::{Bearer, Role};
-use ordermesh_platform::testing::RawCodec;
 use ordermesh_proto::payment::v1::{
     CreateAccountRequest, DepositRequest, GetAccountRequest, ListTransactionsRequest,
 };
+use ordermesh_testkit::hostile::SQL_LOOKING;
+use ordermesh_testkit::{assert_undecodable, raw_unary_refused};
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
 
-use crate::helpers::{TestApp, spawn_app, token};
-
-/// Text that would do harm if it were ever spliced into SQL (or a LIKE
-/// pattern) rather than bound as a parameter; each a valid id.
-const SQL_LOOKING: &[&str] = &[
-    "'; DROP TABLE accounts; --",
-    "\\' OR 1=1",
-    "' OR '1'='1' --",
-    "$1",
-    "%",
-    "_",
-    "\\",
-    "Robert'); DROP TABLE ledger;--",
-];
+use crate::helpers::{TestApp, admin_token, spawn_app};
 
 async fn raw_create_account(app: &TestApp, message: Vec<u8>) -> tonic::Status {
-    let admin = Bearer::new(&token("test-admin", Role::Admin));
-    let mut grpc = tonic::client::Grpc::new(InterceptedService::new(app.channel.clone(), admin));
-    grpc.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/ordermesh.payment.v1.AccountService/CreateAccount",
-    );
-    grpc.unary(tonic::Request::new(message), path, RawCodec)
-        .await
-        .expect_err("hostile bytes are refused")
+    let admin = admin_token();
+    let path = "/ordermesh.payment.v1.AccountService/CreateAccount";
+    raw_unary_refused(app.channel.clone(), &admin, path, message).await
 }
 
 /// An account can still be opened and read.
@@ -68,17 +48,7 @@ async fn oversized_and_undecodable_messages_are_refused() {
         vec![0x0a, 0x80],
         vec![0x7b; 100_000],
     ] {
-        let status = raw_create_account(&app, message).await;
-        assert!(
-            matches!(status.code(), Code::InvalidArgument | Code::Internal),
-            "{status:?}"
-        );
-        assert!(
-            status
-                .message()
-                .starts_with("failed to decode Protobuf message"),
-            "{status:?}"
-        );
+        assert_undecodable(&raw_create_account(&app, message).await);
         assert_still_serving(&app).await;
     }
 }
@@ -120,15 +90,7 @@ async fn sql_looking_ids_are_stored_verbatim_and_never_interpreted() {
             .unwrap();
     }
     for (i, text) in SQL_LOOKING.iter().enumerate() {
-        let account = client
-            .get_account(GetAccountRequest {
-                customer_id: (*text).to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .account
-            .unwrap();
+        let account = app.account(text).await;
         assert_eq!(account.customer_id.as_bytes(), text.as_bytes());
         assert_eq!(account.balance_minor, 100 + i as i64);
 

@@ -2,8 +2,8 @@
 //! exchange, decisions read back from `payments`, balances and the outbox.
 
 use lapin::BasicProperties;
-use ordermesh_platform::testing::eventually;
 use ordermesh_proto::events::v1::{PaymentFailed, PaymentSucceeded};
+use ordermesh_testkit::eventually;
 use processor_svc::rules::Embargo;
 use prost::Message as _;
 
@@ -103,7 +103,7 @@ async fn a_redelivered_or_repeated_order_is_debited_once() {
         counted("ordermesh_consumer_processed_total"),
     );
     let text = eventually(WAIT, || async {
-        let text = ordermesh_platform::metrics::render();
+        let text = ordermesh_runtime::metrics::render();
         text.contains(&format!("{processed} 3")).then_some(text)
     })
     .await

@@ -4,8 +4,8 @@
 //! inbox entry, instead of waiting in the dead-letter queue while the order
 //! stays PENDING. Failures that may pass are still retried.
 
-use ordermesh_platform::db::DbConfig;
 use ordermesh_proto::events::v1::PaymentFailed;
+use ordermesh_runtime::db::DbConfig;
 use prost::Message as _;
 
 use crate::helpers::{LedgerRow, PaymentRow, TestApp, message_id, order, spawn_app_with};
@@ -32,13 +32,12 @@ async fn spawn_app_with_sql() -> (TestApp, tokio_postgres::Client) {
 
 /// Messages waiting in the dead-letter queue of the service's queue.
 async fn dead_letters(app: &TestApp) -> u32 {
-    let connection =
-        lapin::Connection::connect(&ordermesh_platform::testing::amqp_url(), Default::default())
-            .await
-            .expect("connect to RabbitMQ");
+    let connection = lapin::Connection::connect(&ordermesh_testkit::amqp_url(), Default::default())
+        .await
+        .expect("connect to RabbitMQ");
     let channel = connection.create_channel().await.expect("open a channel");
-    let dlq = ordermesh_platform::amqp::dead_letter_queue(&app.queue);
-    let count = ordermesh_platform::testing::queue_depth(&channel, &dlq).await;
+    let dlq = ordermesh_messaging::amqp::dead_letter_queue(&app.queue);
+    let count = ordermesh_testkit::queue_depth(&channel, &dlq).await;
     let _ = connection.close(0, "done".into()).await;
     count
 }

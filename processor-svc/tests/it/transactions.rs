@@ -2,10 +2,10 @@
 //! in pages whose tokens belong to one account; and the migration that
 //! backfills the ledger of an existing database.
 
-use ordermesh_platform::testing::TestDatabase;
 use ordermesh_proto::payment::v1::{
     DepositRequest, ListTransactionsRequest, ListTransactionsResponse, Transaction, TransactionKind,
 };
+use ordermesh_testkit::TestDatabase;
 use processor_svc::ledger::{self, TransactionQuery};
 use processor_svc::store::{self, Store};
 use tokio_util::sync::CancellationToken;
@@ -230,8 +230,8 @@ async fn invalid_list_requests_name_the_field() {
 async fn database_at_v1(history: &str) -> TestDatabase {
     let db = TestDatabase::create().await;
     let mut client = db.client().await;
-    store::migrations()
-        .set_target(refinery::Target::Version(1))
+    let own = store::migrations().pop().expect("messaging's, then ours");
+    own.set_target(refinery::Target::Version(1))
         .run_async(&mut client)
         .await
         .expect("migrate to version 1");
@@ -241,7 +241,7 @@ async fn database_at_v1(history: &str) -> TestDatabase {
 
 async fn migrate(db: &TestDatabase) -> anyhow::Result<Store> {
     let config = db.url.parse().expect("test URL parses");
-    let pool = ordermesh_platform::db::connect_and_migrate(
+    let pool = ordermesh_runtime::db::connect_and_migrate(
         &config,
         2,
         store::migrations(),

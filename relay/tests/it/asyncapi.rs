@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ordermesh_platform::testing::rest_call;
+use ordermesh_testkit::rest_call;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::Harness;
@@ -165,7 +165,8 @@ async fn the_admin_port_serves_a_channel_for_every_published_routing_key() {
     }
     // It is the document `cargo run -p relay --example asyncapi` prints
     // for `make test`'s parser check.
-    let pool = ordermesh_platform::rest::descriptor_pool().unwrap();
+    let pool =
+        ordermesh_gateway::rest::descriptor_pool(ordermesh_proto::FILE_DESCRIPTOR_SET).unwrap();
     let expected = relay::asyncapi::document(&pool, &h.broker.config.exchange).unwrap();
     assert_eq!(doc, expected);
     // The table the document is built from agrees too.

@@ -1,4 +1,4 @@
-//! `relay dlq`, run as the real binary against messages a platform consumer
+//! `relay dlq`, run as the real binary against messages a messaging consumer
 //! parked: `list` shows them and leaves them in place and in order, `show`
 //! prints one, `replay` sends them back to their work queue, where an
 //! inbox-backed handler applies each exactly once.
@@ -9,21 +9,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection};
-use ordermesh_platform::amqp::{
-    self, ConsumerConfig, ConsumerStatus, HandleError, Handler, Message, QueueSpec,
-};
-use ordermesh_platform::inbox;
-use ordermesh_platform::redelivery::RetryPolicy;
-use ordermesh_platform::testing::eventually;
+use ordermesh_messaging::amqp::{self, ConsumerConfig, HandleError, Handler, Message, QueueSpec};
+use ordermesh_messaging::inbox;
+use ordermesh_messaging::redelivery::RetryPolicy;
+use ordermesh_testkit::{PATIENCE, eventually, spawn_consumer};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::Harness;
 
-const PATIENCE: Duration = Duration::from_secs(20);
 const ROUTING_KEY: &str = "dlq.event";
 
 /// Applies a message by recording it in `applied`, deduplicated by the
@@ -93,14 +90,7 @@ impl Rig {
             max_delay: Duration::from_millis(20),
         };
         h.broker.track_retry_policy(&policy);
-        let conn = Connection::connect(h.broker.config.url.expose(), Default::default())
-            .await
-            .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let (conn, channel) = h.broker.confirmed_channel().await;
         amqp::declare_queue(
             &channel,
             &h.broker.config,
@@ -116,24 +106,19 @@ impl Rig {
             failing: AtomicBool::new(true),
             seen: Mutex::default(),
         });
-        let status = ConsumerStatus::new(&work);
-        let shutdown = CancellationToken::new();
-        tokio::spawn(amqp::run_consumer_with_status(
-            ConsumerConfig {
-                broker: h.broker.config.clone(),
-                queue: QueueSpec {
-                    name: work.clone(),
-                    routing_keys: vec![ROUTING_KEY.into()],
-                },
-                prefetch: 4,
-                retry: policy,
+        let config = ConsumerConfig {
+            broker: h.broker.config.clone(),
+            queue: QueueSpec {
+                name: work.clone(),
+                routing_keys: vec![ROUTING_KEY.into()],
             },
-            applier.clone(),
-            status.clone(),
-            shutdown.clone(),
-        ));
-        let up = eventually(PATIENCE, || async { status.is_connected().then_some(()) }).await;
-        assert!(up.is_some(), "the consumer connects");
+            prefetch: 4,
+            retry: policy,
+        };
+        let shutdown = spawn_consumer(&work, PATIENCE, |status, shutdown| {
+            amqp::run_consumer_with_status(config, applier.clone(), status, shutdown)
+        })
+        .await;
         Self {
             h,
             work,
@@ -177,7 +162,7 @@ impl Rig {
     }
 
     async fn len(&self, queue: &str) -> u32 {
-        ordermesh_platform::testing::queue_depth(&self.channel, queue).await
+        ordermesh_testkit::queue_depth(&self.channel, queue).await
     }
 
     fn dlq(&self) -> String {

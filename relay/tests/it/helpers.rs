@@ -1,4 +1,4 @@
-//! A test database with the platform outbox, a test exchange with a queue
+//! A test database with the messaging outbox, a test exchange with a queue
 //! bound to everything, and relays running against them (in-process or as
 //! the real binary); a writer that keeps writing.
 
@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
-use ordermesh_platform::amqp::{self, QueueSpec};
-use ordermesh_platform::outbox::{self, OutboxEvent};
-use ordermesh_platform::testing::{TestBroker, TestDatabase};
+use ordermesh_messaging::amqp::{self, QueueSpec};
+use ordermesh_messaging::outbox::{self, OutboxEvent};
+use ordermesh_runtime::db::{DbConfig, Dedicated};
+use ordermesh_runtime::listen;
+use ordermesh_testkit::{TestBroker, TestDatabase};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,8 +38,8 @@ impl Harness {
     /// As [`Harness::new`], optionally without binding the queue yet.
     pub async fn with_binding(bind: bool) -> Self {
         let db = TestDatabase::create().await;
-        let pool = ordermesh_platform::db::pool(db.url.parse().unwrap(), 4).unwrap();
-        ordermesh_platform::db::migrate(&pool, refinery::Runner::new(&[]))
+        let pool = ordermesh_runtime::db::pool(db.url.parse().unwrap(), 4).unwrap();
+        ordermesh_runtime::db::migrate(&pool, vec![ordermesh_messaging::migrations()])
             .await
             .unwrap();
         let broker = TestBroker::new();
@@ -185,13 +187,16 @@ impl Harness {
         let client = self.pool.get().await.unwrap();
         let rows = client
             .query(
-                "SELECT substr(a.application_name, length('ordermesh-relay-lease/') + 1),
+                "SELECT substr(a.application_name, length($2) + 1),
                         l.objid::int8::int2
                  FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                    AND l.classid = $1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                  ORDER BY 2",
-                &[&(relay::store::LEASE_LOCK_CLASS as u32)],
+                &[
+                    &(relay::store::LEASE_LOCK_CLASS as u32),
+                    &relay::store::LEASE_APPLICATION_PREFIX,
+                ],
             )
             .await
             .unwrap();
@@ -220,25 +225,11 @@ impl Harness {
 
     /// LISTENs on the outbox channel: every notification's payload goes to
     /// the receiver while the returned client lives.
-    pub async fn listen(&self) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<String>) {
-        let config: ordermesh_platform::db::DbConfig = self.db.url.parse().unwrap();
-        let (client, mut connection) = config.connect().await.unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(Ok(m)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(n) = m
-                    && tx.send(n.payload().to_owned()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        client
-            .batch_execute(&format!("LISTEN {}", outbox::NOTIFY_CHANNEL))
+    pub async fn listen(&self) -> (Dedicated, mpsc::UnboundedReceiver<String>) {
+        let config: DbConfig = self.db.url.parse().unwrap();
+        listen::notifications(&config, outbox::NOTIFY_CHANNEL)
             .await
-            .unwrap();
-        (client, rx)
+            .expect("LISTEN on the outbox channel")
     }
 
     /// Terminates every relay connection to the test database; returns how

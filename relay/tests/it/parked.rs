@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use base64::Engine as _;
-use ordermesh_platform::outbox::{self, OutboxEvent};
-use ordermesh_platform::testing::TestDatabase;
+use ordermesh_messaging::outbox::{self, OutboxEvent};
+use ordermesh_testkit::TestDatabase;
 use serde_json::Value;
 
 use crate::helpers::{self, Harness};
@@ -290,8 +290,8 @@ async fn show_decodes_ordermesh_events() {
 async fn unknown_and_ambiguous_ids_are_refused() {
     let h = Harness::new().await;
     let other = TestDatabase::create().await;
-    let other_pool = ordermesh_platform::db::pool(other.url.parse().unwrap(), 2).unwrap();
-    ordermesh_platform::db::migrate(&other_pool, refinery::Runner::new(&[]))
+    let other_pool = ordermesh_runtime::db::pool(other.url.parse().unwrap(), 2).unwrap();
+    ordermesh_runtime::db::migrate(&other_pool, vec![ordermesh_messaging::migrations()])
         .await
         .unwrap();
     // Both outboxes count ids from 1: row 1 is parked in each.

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use std::time::Duration;
 
-use ordermesh_platform::outbox::{self, OutboxEvent};
-use ordermesh_platform::testing::{BrokerProxy, amqp_authority, eventually};
+use ordermesh_messaging::outbox::{self, OutboxEvent};
+use ordermesh_testkit::{BrokerProxy, amqp_authority, eventually};
 
 use crate::helpers::{Harness, seq};
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use ordermesh_platform::testing::eventually;
+use ordermesh_testkit::eventually;
 
 use crate::helpers::{Harness, seq};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use ordermesh_platform::testing::{BrokerProxy, amqp_authority, eventually};
+use ordermesh_testkit::{BrokerProxy, amqp_authority, eventually};
 
 use crate::helpers::{Harness, Writer, seq};
 

@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ordermesh_platform::testing::eventually;
-use ordermesh_platform::tls::TestPki;
+use ordermesh_testkit::TestPki;
+use ordermesh_testkit::eventually;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::Harness;

@@ -1,0 +1,5 @@
+//! Integration tests of the messaging crate (one binary, see STYLE.md).
+
+mod classify;
+mod inbox;
+mod redelivery;

@@ -1,0 +1,4 @@
+//! Integration tests of the runtime crate (one binary, see STYLE.md).
+
+mod db_tls;
+mod tls;
