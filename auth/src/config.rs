@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ordermesh_runtime::config::{self, ConfigError, Env, Secret};
+use ordermesh_runtime::config::{self, ConfigError, Env, Secret, Var};
 
 use crate::client_ip::TrustedProxies;
 use crate::jwks::{self, JwksRefresh, JwksUrl};
@@ -131,6 +131,57 @@ fn jwks_refresh_from_env(env: &impl Env) -> Result<JwksRefresh, ConfigError> {
 pub(crate) fn read_key_file(variable: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| config::invalid(variable, path.display(), e))
 }
+
+/// The variables of [`AuthConfig`] (verification and rate limits), as a
+/// service's `--help` lists them.
+/// At least one key variable is needed for a service to start.
+pub const VARS: &[Var] = &[
+    Var::unset(
+        "AUTH_JWT_SECRET",
+        "no HS256 key",
+        "text",
+        "HS256 verification (and signing) secret, at least 32 bytes",
+    ),
+    Var::unset(
+        "AUTH_JWT_PUBLIC_KEYS",
+        "none",
+        "paths",
+        "PEM public keys (RS256 or EdDSA), comma-separated",
+    ),
+    Var::unset("AUTH_JWKS_FILE", "none", "path", "a JWKS document"),
+    Var::unset(
+        "AUTH_JWKS_URL",
+        "none",
+        "URL",
+        "an identity provider's JWKS endpoint (https://, or http:// to loopback only)",
+    ),
+    Var::new(
+        "AUTH_JWKS_REFRESH_MIN_S",
+        "30",
+        "s",
+        "floor of the JWKS max-age, and the interval of unknown-kid refetches",
+    ),
+    Var::new(
+        "AUTH_JWKS_REFRESH_MAX_S",
+        "3600",
+        "s",
+        "ceiling of the JWKS max-age",
+    ),
+    Var::new(
+        "RATE_LIMIT_PER_S",
+        "50",
+        "requests/s",
+        "per-caller token bucket refill (0: no limit)",
+    ),
+    Var::new("RATE_LIMIT_BURST", "100", "requests", "bucket size"),
+    Var::new("RATE_LIMIT_ADMIN", "false", "bool", "limit admins too"),
+    Var::unset(
+        "AUTH_TRUSTED_PROXIES",
+        "none",
+        "CIDRs",
+        "proxies whose X-Forwarded-For names the caller for rate limits",
+    ),
+];
 
 #[cfg(test)]
 mod tests {

@@ -3,8 +3,9 @@
 //! broker's settings and connections ([`broker`]), RabbitMQ topology and
 //! the consumer loop ([`amqp`]) with its retries and dead letters
 //! ([`redelivery`]), the one rule for which failures are poison
-//! ([`classify`]), and the broker as a readiness probe ([`probe`]). The
-//! relay (its own crate) drains the outbox.
+//! ([`classify`]), the broker as a readiness probe ([`probe`]) and the
+//! variables it reads ([`vars`]). The relay (its own crate) drains the
+//! outbox.
 //!
 //! It builds on `ordermesh-runtime` and imports no service.
 
@@ -15,6 +16,7 @@ pub mod inbox;
 pub mod outbox;
 pub mod probe;
 pub mod redelivery;
+pub mod vars;
 
 mod embedded {
     refinery::embed_migrations!("migrations");

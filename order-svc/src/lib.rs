@@ -82,6 +82,11 @@ impl OwnConfig for OrderConfig {
         "name",
         "its work queue (payment results); retry and dead-letter queues are named after it",
     )];
+    const USES: &'static [&'static [Var]] = &[
+        ordermesh_messaging::vars::CONSUMER,
+        ordermesh_auth::config::VARS,
+        ordermesh_messaging::vars::BROKER,
+    ];
 
     fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         Ok(Self {
@@ -199,9 +204,7 @@ mod tests {
         assert_eq!(c.database.get_dbname(), Some("ordermesh_orders"));
         assert_eq!(c.queue, DEFAULT_QUEUE);
         assert_eq!(c.prefetch, 64);
-        assert_eq!(c.db_pool_size, 16);
-        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
-        assert_eq!(c.broker.exchange, "ordermesh.events");
+        // The shared part (pool, grace, TLS) is runtime::service's test.
         let spec = c.consumer_config().queue;
         assert_eq!(
             spec.routing_keys,
@@ -211,18 +214,13 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        for (name, value) in [
+        let refused = [
             (ENV_ADDR, "localhost"),
             (ENV_DATABASE_URL, "postgres://u@h:5432"),
-            (service::ENV_DB_POOL_SIZE, "0"),
-            (service::ENV_DB_POOL_SIZE, "lots"),
             (ENV_PREFETCH, "0"),
             (ENV_PREFETCH, "70000"),
-            (service::ENV_SHUTDOWN_GRACE_MS, "-1"),
-        ] {
-            let err = Config::from_env(&[(name, value)]).unwrap_err();
-            assert_eq!(err.name, name, "{err}");
-        }
+        ];
+        config::check_refused(&refused, Config::from_env).unwrap();
     }
 
     #[test]

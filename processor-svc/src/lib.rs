@@ -176,6 +176,11 @@ impl OwnConfig for ProcessorConfig {
         database_url: (ENV_DATABASE_URL, DEFAULT_DATABASE_URL),
     };
     const VARS: &'static [Var] = OWN_VARS;
+    const USES: &'static [&'static [Var]] = &[
+        ordermesh_messaging::vars::CONSUMER,
+        ordermesh_auth::config::VARS,
+        ordermesh_messaging::vars::BROKER,
+    ];
 
     fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let skus = config::list(env, ENV_EMBARGOED_SKUS, DEFAULT_EMBARGOED_SKUS);
@@ -319,9 +324,7 @@ mod tests {
         assert_eq!(c.database.get_dbname(), Some("ordermesh_processor"));
         assert_eq!(c.queue, DEFAULT_QUEUE);
         assert_eq!(c.prefetch, 64);
-        assert_eq!(c.db_pool_size, 16);
-        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
-        assert_eq!(c.broker.exchange, "ordermesh.events");
+        // The shared part (pool, grace, TLS) is runtime::service's test.
         assert!(c.embargo.contains("teapot") && c.embargo.contains("pineapple_pizza"));
         assert_eq!(
             c.queue_spec().routing_keys,
@@ -351,19 +354,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (name, value) in [
+        let refused = [
             (ENV_ADDR, "nowhere"),
             (ENV_DATABASE_URL, "postgres://u@h:5432"),
             (ENV_PREFETCH, "0"),
             (ENV_PREFETCH, "70000"),
-            (service::ENV_DB_POOL_SIZE, "0"),
-            (service::ENV_SHUTDOWN_GRACE_MS, "soon"),
             (ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE, "1001"),
             (ENV_CHAOS_ABORT_AFTER_COMMIT_PERMILLE, "often"),
-        ] {
-            let err = Config::from_env(&[(name, value)]).unwrap_err();
-            assert_eq!(err.name, name, "{value}");
-        }
+        ];
+        config::check_refused(&refused, Config::from_env).unwrap();
     }
 
     #[test]

@@ -242,7 +242,13 @@ impl Config {
     /// included), as its `--help` lists them: its own, then the shared
     /// groups.
     pub fn vars() -> Vec<Var> {
-        [VARS, vars::BROKER, vars::SERVER, vars::TELEMETRY].concat()
+        [
+            VARS,
+            ordermesh_messaging::vars::BROKER,
+            vars::SERVER,
+            vars::TELEMETRY,
+        ]
+        .concat()
     }
 
     /// The `--help` section listing [`Config::vars`].

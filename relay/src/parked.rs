@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgGroup, Subcommand};
-use ordermesh_runtime::config::{self, ConfigError, Env};
+use ordermesh_runtime::config::{ConfigError, Env};
 use ordermesh_runtime::db;
 use serde_json::json;
 use tokio_postgres::Client;
@@ -146,21 +146,8 @@ pub struct Config {
 impl Config {
     /// Reads `RELAY_SOURCES` (and `PG_CA_FILE`) as the relay does.
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
-        let mut sources = Vec::new();
-        for url in config::list(env, crate::ENV_SOURCES, crate::DEFAULT_SOURCES) {
-            let config = db::parse_url(env, crate::ENV_SOURCES, &url)?;
-            let name = config.get_dbname().unwrap_or_default().to_owned();
-            sources.push(Source { name, config });
-        }
-        if sources.is_empty() {
-            return Err(config::invalid(
-                crate::ENV_SOURCES,
-                "",
-                "at least one database URL is needed",
-            ));
-        }
         Ok(Self {
-            sources: with_unique_names(sources),
+            sources: with_unique_names(crate::sources(env)?),
         })
     }
 

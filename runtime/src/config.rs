@@ -255,6 +255,31 @@ impl Env for Recording {
     }
 }
 
+/// Holds a reader against values it must refuse: each `(name, value)`, set
+/// alone, is refused with an error naming `name`. The error lists every
+/// case accepted or blamed on another variable.
+pub fn check_refused<C: fmt::Debug>(
+    cases: &[(&str, &str)],
+    read: impl Fn(&Recording) -> Result<C, ConfigError>,
+) -> Result<(), String> {
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|&(name, value)| {
+            let env = Recording::new(HashMap::from([(name.to_owned(), value.to_owned())]));
+            match read(&env) {
+                Err(e) if e.name == name => None,
+                Err(e) => Some(format!("{name}={value:?} blamed {}", e.name)),
+                Ok(c) => Some(format!("{name}={value:?} accepted: {c:?}")),
+            }
+        })
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
 /// Holds a binary's list of variables against its reader `read`: every
 /// variable `read` asks for is listed; every listed one is asked for, except
 /// those in `read_elsewhere` (read later, by other code); and setting every

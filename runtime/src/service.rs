@@ -74,6 +74,10 @@ pub trait OwnConfig: Sized {
     const NAMES: Names;
     /// Its own variables, as `--help` lists them.
     const VARS: &'static [Var];
+    /// The groups of variables of other crates its `from_env` reads
+    /// (`ordermesh_messaging::vars::BROKER`, `ordermesh_auth::config::VARS`),
+    /// listed after its own.
+    const USES: &'static [&'static [Var]];
     /// Reads its own variables; a bad value is an error naming it.
     fn from_env(env: &impl Env) -> Result<Self, ConfigError>;
 }
@@ -137,20 +141,14 @@ impl<T: OwnConfig> ServiceConfig<T> {
     }
 
     /// Every variable the service reads, as its `--help` lists them: its
-    /// address and database, its own, then the groups of [`vars`] every
-    /// service reads.
+    /// address and database, its own, the groups of the crates it uses,
+    /// then the groups of [`vars`] every service reads.
     pub fn vars() -> Vec<Var> {
-        let shared = [
-            vars::SERVICE,
-            vars::CONSUMER,
-            vars::AUTH,
-            vars::BROKER,
-            vars::SERVER,
-            vars::TELEMETRY,
-        ];
+        let shared = [vars::SERVICE, vars::SERVER, vars::TELEMETRY];
         let names = T::NAMES.vars();
         [&names[..], T::VARS]
             .into_iter()
+            .chain(T::USES.iter().copied())
             .chain(shared)
             .flatten()
             .copied()
@@ -317,6 +315,7 @@ mod tests {
             database_url: ("X_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x"),
         };
         const VARS: &'static [Var] = &[];
+        const USES: &'static [&'static [Var]] = &[];
         fn from_env(_: &impl Env) -> Result<Self, ConfigError> {
             Ok(Own)
         }
@@ -326,11 +325,7 @@ mod tests {
 
     #[test]
     fn the_shared_variables_are_listed_with_their_defaults() {
-        // A real service's own part reads the broker, consumer and auth
-        // groups; this one reads none.
-        let messaging_and_auth = [vars::BROKER, vars::CONSUMER, vars::AUTH].concat();
-        let mut elsewhere = vars::read_at_start();
-        elsewhere.extend(messaging_and_auth.iter().map(|v| v.name));
+        let elsewhere = vars::read_at_start();
         config::check_listed(&Config::vars(), &elsewhere, Config::from_env).unwrap();
         let help = Config::help();
         assert!(

@@ -1,10 +1,9 @@
-//! The variables several binaries share, as their `--help` lists them
-//! ([`crate::config::Var`]). A binary's list is its own variables followed
-//! by the groups here it reads; each binary's tests hold its list against
-//! its readers ([`crate::config::check_listed`]). The broker, consumer and
-//! auth groups are read by `ordermesh-messaging` and `ordermesh-auth`,
-//! which build on this crate; they are listed here so that every binary
-//! draws them from one place.
+//! The variables this crate reads for several binaries, as their `--help`
+//! lists them ([`crate::config::Var`]). A binary's list is its own
+//! variables, the groups of the crates it uses (`ordermesh_messaging::vars`,
+//! `ordermesh_auth::config::VARS`) and the groups here it reads; each
+//! binary's tests hold its list against its readers
+//! ([`crate::config::check_listed`]).
 
 use crate::config::Var;
 
@@ -63,114 +62,6 @@ pub const SERVER: &[Var] = &[
         "10000",
         "ms",
         "how long in-flight work may drain after SIGTERM",
-    ),
-];
-
-/// The broker (`ordermesh_messaging::amqp::BrokerConfig`).
-pub const BROKER: &[Var] = &[
-    Var::new(
-        "AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        "URL",
-        "the broker; amqps:// for TLS",
-    ),
-    Var::new(
-        "AMQP_EXCHANGE",
-        "ordermesh.events",
-        "name",
-        "the events exchange (dead letters: <exchange>.dlx)",
-    ),
-    Var::new(
-        "AMQP_QUEUE_TYPE",
-        "classic",
-        "classic or quorum",
-        "x-queue-type of the queues the services declare; a queue keeps the type it was created with",
-    ),
-    Var::unset(
-        "AMQP_CA_FILE",
-        "system roots",
-        "path",
-        "PEM CA certificates trusted for amqps:// besides the system's",
-    ),
-];
-
-/// A service's consumer and inbox (`ordermesh_messaging`'s `amqp`,
-/// `redelivery` and `inbox`).
-pub const CONSUMER: &[Var] = &[
-    Var::new(
-        "AMQP_PREFETCH",
-        "64",
-        "messages",
-        "deliveries handled at once (unacknowledged in flight)",
-    ),
-    Var::new(
-        "AMQP_MAX_ATTEMPTS",
-        "5",
-        "count",
-        "handler runs per message before it is parked in <queue>.dlq (1: no retries; at most 100)",
-    ),
-    Var::new(
-        "AMQP_RETRY_BASE_MS",
-        "1000",
-        "ms",
-        "pause after the first transient failure; doubles after each further one",
-    ),
-    Var::new("AMQP_RETRY_MAX_MS", "60000", "ms", "cap on that pause"),
-    Var::new(
-        "INBOX_RETENTION_HOURS",
-        "168",
-        "hours",
-        "inbox entries (deduplication) older than this are deleted; at least 1",
-    ),
-];
-
-/// Bearer token verification and rate limits (`ordermesh_auth::AuthConfig`).
-/// At least one key variable is needed for a service to start.
-pub const AUTH: &[Var] = &[
-    Var::unset(
-        "AUTH_JWT_SECRET",
-        "no HS256 key",
-        "text",
-        "HS256 verification (and signing) secret, at least 32 bytes",
-    ),
-    Var::unset(
-        "AUTH_JWT_PUBLIC_KEYS",
-        "none",
-        "paths",
-        "PEM public keys (RS256 or EdDSA), comma-separated",
-    ),
-    Var::unset("AUTH_JWKS_FILE", "none", "path", "a JWKS document"),
-    Var::unset(
-        "AUTH_JWKS_URL",
-        "none",
-        "URL",
-        "an identity provider's JWKS endpoint (https://, or http:// to loopback only)",
-    ),
-    Var::new(
-        "AUTH_JWKS_REFRESH_MIN_S",
-        "30",
-        "s",
-        "floor of the JWKS max-age, and the interval of unknown-kid refetches",
-    ),
-    Var::new(
-        "AUTH_JWKS_REFRESH_MAX_S",
-        "3600",
-        "s",
-        "ceiling of the JWKS max-age",
-    ),
-    Var::new(
-        "RATE_LIMIT_PER_S",
-        "50",
-        "requests/s",
-        "per-caller token bucket refill (0: no limit)",
-    ),
-    Var::new("RATE_LIMIT_BURST", "100", "requests", "bucket size"),
-    Var::new("RATE_LIMIT_ADMIN", "false", "bool", "limit admins too"),
-    Var::unset(
-        "AUTH_TRUSTED_PROXIES",
-        "none",
-        "CIDRs",
-        "proxies whose X-Forwarded-For names the caller for rate limits",
     ),
 ];
 
