@@ -275,6 +275,65 @@ om_mesh_env() {
     "AUTH_JWT_SECRET=$auth_secret"
 }
 
+# Names a throw-away mesh for a script of `kind` (smoke, protocols, rest),
+# on the PostgreSQL server of `server_url`: sets id, order/processor/relay
+# _port and _addr, work (its directory, created), pg_server, amqp_url,
+# order_db, processor_db, prefix, auth_secret and an empty `started`, which
+# om_mesh_env, om_mesh_start and om_mesh_teardown use.
+om_mesh_prepare() {
+  local kind=$1 server_url=$2
+  id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
+  read -r order_port processor_port relay_port <<<"$(om_free_ports 3)"
+  order_addr=127.0.0.1:$order_port
+  processor_addr=127.0.0.1:$processor_port
+  relay_addr=127.0.0.1:$relay_port
+  work=$OM_RUN/$kind-$id
+  mkdir -p "$work"
+  pg_server=$(om_url_with_db "$server_url" postgres)
+  amqp_url=${AMQP_URL:-$OM_DEFAULT_AMQP_URL}
+  order_db=ordermesh_${kind}_${id}_orders
+  processor_db=ordermesh_${kind}_${id}_processor
+  prefix=om-test-$kind-$id
+  auth_secret=$(om_random_secret)
+  started=()
+}
+
+# Sets bin_dir: ORDERMESH_BIN_DIR, or a fresh debug build of the workspace.
+om_mesh_binaries() {
+  if [[ -n ${ORDERMESH_BIN_DIR:-} ]]; then
+    bin_dir=$(cd "$ORDERMESH_BIN_DIR" && pwd)
+  else
+    om_say "building debug binaries (cargo build --bins)"
+    cargo build --workspace --bins
+    bin_dir=$(om_target_dir)/debug
+  fi
+}
+
+# om_mesh_start NAME CHECK ADDR [VAR=VALUE...]: starts $bin_dir/NAME with
+# om_mesh_env and the extra variables, logging to $work/NAME.log, adds it to
+# `started`, and waits up to $start_timeout s until CHECK ADDR passes.
+om_mesh_start() {
+  local name=$1 check=$2 addr=$3 pid mesh_env
+  shift 3
+  [[ -x $bin_dir/$name ]] || om_die "$bin_dir/$name is missing: the build did not produce it"
+  mapfile -t mesh_env < <(om_mesh_env)
+  pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" "${mesh_env[@]}" "$@")
+  started+=("$name:$pid")
+  om_wait_healthy "$name" "$pid" "$work/$name.log" "$check" "$addr" "$((SECONDS + start_timeout))" ||
+    return 1
+  om_say "$name is healthy on $addr (pid $pid)"
+}
+
+# Stops what om_mesh_start started and removes the mesh's databases and
+# broker names.
+om_mesh_teardown() {
+  if ((${#started[@]} > 0)); then
+    om_stop_all 15 "${started[@]}"
+  fi
+  om_drop_databases "$pg_server" "$order_db" "$processor_db"
+  om_rabbit_delete_prefix "$(om_amqp_vhost "$amqp_url")" "$prefix." >/dev/null
+}
+
 # Drops the databases named after `server` (a PostgreSQL URL), warning about
 # any it cannot drop.
 om_drop_databases() {

@@ -21,34 +21,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$OM_ROOT"
 
 start_timeout=${PROTOCOLS_START_TIMEOUT:-90}
-id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
-ports=$(om_free_ports 3)
-read -r order_port processor_port relay_port <<<"$ports"
-order_addr=127.0.0.1:$order_port
-processor_addr=127.0.0.1:$processor_port
-relay_addr=127.0.0.1:$relay_port
-
-work=$OM_RUN/protocols-$id
-mkdir -p "$work"
-pg_server=$(om_url_with_db "${PROTOCOLS_PG_URL:-${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}}" postgres)
-amqp_url=${AMQP_URL:-$OM_DEFAULT_AMQP_URL}
-order_db=ordermesh_protocols_${id}_orders
-processor_db=ordermesh_protocols_${id}_processor
-prefix=om-test-protocols-$id
-auth_secret=$(om_random_secret)
+om_mesh_prepare protocols "${PROTOCOLS_PG_URL:-${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
 allowed_origin=http://app.protocols.test:8080
 other_origin=http://elsewhere.test
-started=()
 
 cleanup() {
   local rc=$?
   set +e
   trap '' INT TERM
-  if ((${#started[@]} > 0)); then
-    om_stop_all 15 "${started[@]}"
-  fi
-  om_drop_databases "$pg_server" "$order_db" "$processor_db"
-  om_rabbit_delete_prefix "$(om_amqp_vhost "$amqp_url")" "$prefix." >/dev/null
+  om_mesh_teardown
   if ((rc != 0)); then
     printf 'protocols: logs and answers kept in %s\n' "${work#"$OM_ROOT"/}" >&2
   else
@@ -60,25 +41,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-start() {
-  local name=$1 check=$2 addr=$3 pid
-  local mesh_env
-  mapfile -t mesh_env < <(om_mesh_env)
-  pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" "${mesh_env[@]}" CORS_ALLOWED_ORIGINS="$allowed_origin")
-  started+=("$name:$pid")
-  om_wait_healthy "$name" "$pid" "$work/$name.log" "$check" "$addr" "$((SECONDS + start_timeout))"
-  om_say "$name is healthy on $addr (pid $pid)"
-}
+start() { om_mesh_start "$@" CORS_ALLOWED_ORIGINS="$allowed_origin"; }
 
 bash deploy/local/tools.sh buf grpcurl
 command -v curl >/dev/null || om_die "curl is needed"
-if [[ -n ${ORDERMESH_BIN_DIR:-} ]]; then
-  bin_dir=$(cd "$ORDERMESH_BIN_DIR" && pwd)
-else
-  om_say "building debug binaries (cargo build --bins)"
-  cargo build --workspace --bins
-  bin_dir=$(om_target_dir)/debug
-fi
+om_mesh_binaries
 token=$(om_mint_token "$bin_dir" "$auth_secret" protocols admin 3600) ||
   om_die "could not mint a token (processor-svc token)"
 start order-svc om_grpc_health "$order_addr"

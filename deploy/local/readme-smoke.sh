@@ -35,37 +35,15 @@ readme_name=${readme#"$OM_ROOT"/}
 # Refuse a malformed walk-through before building anything.
 python3 scripts/readme_steps.py "$readme" --human >/dev/null
 
-id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
-# Free ports: bind all three at once so they differ, then release them.
-ports=$(om_free_ports 3)
-read -r order_port processor_port relay_port <<<"$ports"
-order_addr=127.0.0.1:$order_port
-processor_addr=127.0.0.1:$processor_port
-relay_addr=127.0.0.1:$relay_port
-
-work=$OM_RUN/smoke-$id
-mkdir -p "$work"
-pg_server=$(om_url_with_db "${SMOKE_PG_URL:-${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}}" postgres)
-amqp_url=${AMQP_URL:-$OM_DEFAULT_AMQP_URL}
-order_db=ordermesh_smoke_${id}_orders
-processor_db=ordermesh_smoke_${id}_processor
-prefix=om-test-smoke-$id
-started=()
-# Tokens: the binaries verify with this secret; the README's
+# Tokens: the binaries verify with the mesh's auth_secret; the README's
 # .run/admin.token (what `make up` writes) becomes $work/admin.token.
-auth_secret=$(om_random_secret)
+om_mesh_prepare smoke "${SMOKE_PG_URL:-${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
 
 cleanup() {
   local rc=$? name
   set +e
   trap '' INT TERM # finish cleaning up whatever arrives
-  if ((${#started[@]} > 0)); then
-    om_stop_all 15 "${started[@]}"
-  fi
-  if [[ $dry_run != 1 ]]; then
-    om_drop_databases "$pg_server" "$order_db" "$processor_db"
-    om_rabbit_delete_prefix "$(om_amqp_vhost "$amqp_url")" "$prefix." >/dev/null
-  fi
+  [[ $dry_run == 1 ]] || om_mesh_teardown
   if ((rc != 0)) && compgen -G "$work/*.log" >/dev/null; then
     printf 'readme-smoke: logs of the binaries kept in %s\n' "${work#"$OM_ROOT"/}" >&2
   else
@@ -77,39 +55,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# start NAME CHECK ADDR: starts the binary with the smoke environment and
-# waits until CHECK ADDR passes.
-start() {
-  local name=$1 check=$2 addr=$3 pid
-  local mesh_env
-  mapfile -t mesh_env < <(om_mesh_env)
-  pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" "${mesh_env[@]}")
-  started+=("$name:$pid")
-  om_wait_healthy "$name" "$pid" "$work/$name.log" "$check" "$addr" "$((SECONDS + start_timeout))"
-  om_say "$name is healthy on $addr (pid $pid)"
-}
-
 if [[ $dry_run == 1 ]]; then
   om_say "dry run: nothing started; steps run as written (ports $order_port/$processor_port/$relay_port substituted)"
 else
   bash deploy/local/tools.sh grpcurl
   command -v curl >/dev/null || om_die "curl is needed for the relay health check"
-  if [[ -n ${ORDERMESH_BIN_DIR:-} ]]; then
-    bin_dir=$(cd "$ORDERMESH_BIN_DIR" && pwd)
-  else
-    om_say "building debug binaries (cargo build --bins)"
-    cargo build --workspace --bins
-    bin_dir=$(om_target_dir)/debug
-  fi
-  for name in "${OM_BINARIES[@]}"; do
-    [[ -x $bin_dir/$name ]] || om_die "$bin_dir/$name is missing: the build did not produce the $name binary"
-  done
+  om_mesh_binaries
   om_say "smoke environment: databases $order_db, $processor_db; exchange $prefix.events"
   om_mint_token "$bin_dir" "$auth_secret" admin admin 3600 >"$work/admin.token" ||
     om_die "could not mint the admin token (processor-svc token)"
-  start order-svc om_grpc_health "$order_addr"
-  start processor-svc om_grpc_health "$processor_addr"
-  start relay om_http_health "$relay_addr"
+  om_mesh_start order-svc om_grpc_health "$order_addr"
+  om_mesh_start processor-svc om_grpc_health "$processor_addr"
+  om_mesh_start relay om_http_health "$relay_addr"
 fi
 
 python3 scripts/readme_steps.py "$readme" \

@@ -54,34 +54,15 @@ start_timeout=90
 bash deploy/local/tools.sh schemathesis chromium
 command -v curl >/dev/null || om_die "curl is needed to fetch /openapi.json"
 
-id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
-ports=$(om_free_ports 3)
-read -r order_port processor_port relay_port <<<"$ports"
-order_addr=127.0.0.1:$order_port
-processor_addr=127.0.0.1:$processor_port
-relay_addr=127.0.0.1:$relay_port
-
-work=$OM_RUN/rest-$id
-mkdir -p "$work"
-pg_server=$(om_url_with_db "${SMOKE_PG_URL:-${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}}" postgres)
-amqp_url=${AMQP_URL:-$OM_DEFAULT_AMQP_URL}
-order_db=ordermesh_rest_${id}_orders
-processor_db=ordermesh_rest_${id}_processor
-prefix=om-test-rest-$id
-started=()
-# The services verify tokens with this secret; schemathesis sends an admin
-# token (admins are not rate limited) minted with it.
-auth_secret=$(om_random_secret)
+# The services verify tokens with the mesh's auth_secret; schemathesis
+# sends an admin token (admins are not rate limited) minted with it.
+om_mesh_prepare rest "${SMOKE_PG_URL:-${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
 
 cleanup() {
   local rc=$?
   set +e
   trap '' INT TERM
-  if ((${#started[@]} > 0)); then
-    om_stop_all 15 "${started[@]}"
-  fi
-  om_drop_databases "$pg_server" "$order_db" "$processor_db"
-  om_rabbit_delete_prefix "$(om_amqp_vhost "$amqp_url")" "$prefix." 0 >/dev/null
+  om_mesh_teardown
   if ((rc == 0)); then
     rm -rf "$work"
   else
@@ -93,29 +74,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [[ -n ${ORDERMESH_BIN_DIR:-} ]]; then
-  bin_dir=$(cd "$ORDERMESH_BIN_DIR" && pwd)
-else
-  om_say "building debug binaries (cargo build --bins)"
-  cargo build --workspace --bins
-  bin_dir=$(om_target_dir)/debug
-fi
-
-# start NAME ADDR [CHECK]: starts the binary with the test environment and
-# waits until CHECK ADDR passes (default: the gRPC health check).
-start() {
-  local name=$1 addr=$2 check=${3:-om_grpc_health} pid
-  [[ -x $bin_dir/$name ]] || om_die "$bin_dir/$name is missing"
-  local mesh_env
-  mapfile -t mesh_env < <(om_mesh_env)
-  pid=$(om_spawn "$bin_dir/$name" "$work/$name.log" "${mesh_env[@]}")
-  started+=("$name:$pid")
-  om_wait_healthy "$name" "$pid" "$work/$name.log" "$check" "$addr" "$((SECONDS + start_timeout))" ||
-    return 1
-  om_say "$name is healthy on $addr (pid $pid)"
-}
-start order-svc "$order_addr"
-start processor-svc "$processor_addr"
+om_mesh_binaries
+om_mesh_start order-svc om_grpc_health "$order_addr"
+om_mesh_start processor-svc om_grpc_health "$processor_addr"
 
 failed=()
 
@@ -245,7 +206,7 @@ sse_check() {
   done
   # Now the relay carries order.created to processor-svc and the payment
   # back: the page must see the order change while it watches.
-  if ! start relay "$relay_addr" om_http_health; then
+  if ! om_mesh_start relay om_http_health "$relay_addr"; then
     wait "$browser" || true
     return 1
   fi
