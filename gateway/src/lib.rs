@@ -9,3 +9,26 @@
 pub mod connect;
 pub mod cors;
 pub mod rest;
+
+/// REST/JSON (with `/openapi.json` and `/docs`) and Connect for the
+/// services of `descriptor_set` that `grpc` serves, on one router: REST as
+/// `grpc`'s fallback, Connect in front (its paths are the gRPC ones). The
+/// descriptor set is decoded, and the router asked which services it
+/// serves, once for both.
+pub async fn attach(
+    grpc: axum::Router,
+    descriptor_set: &[u8],
+    config: rest::RestConfig,
+) -> Result<axum::Router, rest::BuildError> {
+    let pool = rest::descriptor_pool(descriptor_set)?;
+    let services = rest::served_services(&pool, &grpc).await;
+    let max_body_bytes = config.max_body_bytes;
+    let gateway = rest::Gateway::new(pool.clone(), &services, grpc.clone(), config)?;
+    tracing::info!(
+        services = ?services,
+        routes = gateway.bindings().len(),
+        "REST and Connect ready"
+    );
+    let app = gateway.attach(grpc.clone());
+    Ok(connect::Connect::new(pool, &services, grpc, max_body_bytes).wrap(app))
+}

@@ -79,19 +79,12 @@ pub async fn serve_with(
 ) -> anyhow::Result<()> {
     let routes = reflection_routes(routes)?;
     let grpc = routes.into_axum_router();
-    // REST/JSON for the annotated methods, /openapi.json and /docs, as the
-    // fallback of the same router (see ordermesh_gateway::rest).
+    // REST/JSON for the annotated methods, /openapi.json and /docs as the
+    // fallback of the same router, Connect in front (ordermesh_gateway).
     let rest_config = rest_config(&crate::config::ProcessEnv)?;
-    let max_body_bytes = rest_config.max_body_bytes;
-    let descriptors = ordermesh_proto::FILE_DESCRIPTOR_SET;
-    let app = ordermesh_gateway::rest::with_rest(grpc.clone(), descriptors, rest_config)
+    let app = ordermesh_gateway::attach(grpc, ordermesh_proto::FILE_DESCRIPTOR_SET, rest_config)
         .await
-        .context("build the REST gateway")?;
-    // Connect calls are taken before routing (their paths are the gRPC
-    // ones); every other request goes on to `app`.
-    let app = ordermesh_gateway::connect::with_connect(app, grpc, descriptors, max_body_bytes)
-        .await
-        .context("build the Connect handler")?;
+        .context("build the REST gateway and Connect")?;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)

@@ -13,15 +13,6 @@ pub enum Codec {
     Json,
 }
 
-impl Codec {
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Codec::Proto => "proto",
-            Codec::Json => "json",
-        }
-    }
-}
-
 /// The request message `bytes` holds.
 pub(super) fn decode(
     desc: &MessageDescriptor,

@@ -440,20 +440,6 @@ fn request_metadata(headers: &HeaderMap) -> HeaderMap {
         .collect()
 }
 
-/// Adds Connect for the services of `descriptor_set` that `grpc` serves,
-/// in front of `app` (the server's router with REST).
-pub async fn with_connect(
-    app: axum::Router,
-    grpc: axum::Router,
-    descriptor_set: &[u8],
-    max_body_bytes: usize,
-) -> Result<axum::Router, prost_reflect::DescriptorError> {
-    let pool = crate::rest::descriptor_pool(descriptor_set)?;
-    let services = crate::rest::served_services(&pool, &grpc).await;
-    tracing::info!(services = ?services, codecs = ?[Codec::Proto.name(), Codec::Json.name()], "Connect ready");
-    Ok(Connect::new(pool, &services, grpc, max_body_bytes).wrap(app))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

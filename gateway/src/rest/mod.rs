@@ -13,7 +13,7 @@
 //! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`.
 //! - [`docs`]: Swagger UI at `/docs`, bundled into the binary.
 //!
-//! [`with_rest`] puts it all on a server's router: it finds which services
+//! [`crate::attach`] puts it all on a server's router: it finds which services
 //! of the descriptor set the router serves, and answers every request that
 //! is not gRPC and matches no other route.
 //!
@@ -108,24 +108,6 @@ pub fn descriptor_pool(descriptor_set: &[u8]) -> Result<DescriptorPool, Descript
     let mut pool = DescriptorPool::decode(descriptor_set)?;
     pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)?;
     Ok(pool)
-}
-
-/// Adds REST for the services of `descriptor_set` that `grpc` serves, plus
-/// `/openapi.json` and `/docs`, as `grpc`'s fallback.
-pub async fn with_rest(
-    grpc: axum::Router,
-    descriptor_set: &[u8],
-    config: RestConfig,
-) -> Result<axum::Router, BuildError> {
-    let pool = descriptor_pool(descriptor_set)?;
-    let services = served_services(&pool, &grpc).await;
-    let gateway = Gateway::new(pool, &services, grpc.clone(), config)?;
-    tracing::info!(
-        services = ?services,
-        routes = gateway.bindings().len(),
-        "REST gateway ready"
-    );
-    Ok(gateway.attach(grpc))
 }
 
 /// A method name no service declares, to ask a router which services it
