@@ -29,10 +29,10 @@ impl PaymentResults {
         let order_id = result.order_id.as_str();
         match applied {
             Applied::Moved { version } => {
-                tracing::info!(order_id, status = %result.outcome.status(), version, "applied payment result");
+                tracing::debug!(order_id, status = %result.outcome.status(), version, "applied payment result");
             }
             Applied::Duplicate => {
-                tracing::info!(order_id, "payment result already applied; skipping");
+                tracing::debug!(order_id, "payment result already applied; skipping");
             }
             Applied::NotPending(status) => {
                 tracing::warn!(order_id, %status, ignored = %result.outcome.status(), "order already decided; ignoring payment result");
@@ -49,7 +49,7 @@ impl PaymentResults {
         let order_id = refund.order_id.as_str();
         match applied {
             RefundApplied::Recorded { version } => {
-                tracing::info!(
+                tracing::debug!(
                     order_id,
                     amount_minor = refund.amount_minor,
                     version,
@@ -57,7 +57,7 @@ impl PaymentResults {
                 );
             }
             RefundApplied::Duplicate => {
-                tracing::info!(order_id, "refund already applied; skipping")
+                tracing::debug!(order_id, "refund already applied; skipping")
             }
             RefundApplied::AlreadyRecorded => {
                 tracing::warn!(order_id, "a refund is recorded already; ignoring this one");

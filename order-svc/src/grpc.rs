@@ -61,7 +61,7 @@ impl OrderService for OrderApi {
             .create_order(&order, &events::order_created(&order))
             .await?;
         if let Created::Inserted(_) = created {
-            tracing::info!(order_id = %order.order_id, total_minor = order.total_minor, "order created");
+            tracing::debug!(order_id = %order.order_id, total_minor = order.total_minor, "order created");
         }
         Ok(Response::new(pb::CreateOrderResponse {
             order: Some(created.into_order().into()),
@@ -122,7 +122,7 @@ impl OrderService for OrderApi {
             .store
             .cancel_order(&request, events::order_cancelled)
             .await?;
-        tracing::info!(order_id = %order.order_id, version = order.version, "order cancelled");
+        tracing::debug!(order_id = %order.order_id, version = order.version, "order cancelled");
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order.into()),
         }))

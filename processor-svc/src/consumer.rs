@@ -155,17 +155,17 @@ impl OrderEventHandler {
         self.abort_after_commit.after_commit(message_id);
         match settlement {
             Settlement::Decided(Decision::Pay { amount_minor }) => {
-                tracing::info!(amount_minor, "payment succeeded");
+                tracing::debug!(amount_minor, "payment succeeded");
             }
             Settlement::Decided(Decision::Fail { reason }) => {
-                tracing::info!(reason, "payment failed");
+                tracing::debug!(reason, "payment failed");
             }
-            Settlement::Duplicate => tracing::info!("message already applied; skipped"),
+            Settlement::Duplicate => tracing::debug!("message already applied; skipped"),
             Settlement::AlreadySettled => {
-                tracing::info!("order already settled by another message; skipped");
+                tracing::debug!("order already settled by another message; skipped");
             }
             Settlement::Cancelled => {
-                tracing::info!("order was cancelled before it was charged; skipped");
+                tracing::debug!("order was cancelled before it was charged; skipped");
             }
         }
         Ok(())
@@ -189,27 +189,27 @@ impl OrderEventHandler {
         self.abort_after_commit.after_commit(message_id);
         match outcome {
             CancelOutcome::Refunded { amount_minor } => {
-                tracing::info!(
+                tracing::debug!(
                     amount_minor,
                     reason = cancellation.reason,
                     "payment refunded"
                 );
             }
             CancelOutcome::NeverCharged => {
-                tracing::info!(
+                tracing::debug!(
                     reason = cancellation.reason,
                     "order cancelled before it was charged; it never will be"
                 );
             }
-            CancelOutcome::Duplicate => tracing::info!("message already applied; skipped"),
+            CancelOutcome::Duplicate => tracing::debug!("message already applied; skipped"),
             CancelOutcome::AlreadyRefunded => {
-                tracing::info!("order already refunded by another message; skipped");
+                tracing::debug!("order already refunded by another message; skipped");
             }
             CancelOutcome::AlreadyCancelled => {
-                tracing::info!("order already cancelled by another message; skipped");
+                tracing::debug!("order already cancelled by another message; skipped");
             }
             CancelOutcome::NothingToRefund => {
-                tracing::info!("order's payment had failed; nothing to refund");
+                tracing::debug!("order's payment had failed; nothing to refund");
             }
             CancelOutcome::CustomerMismatch {
                 charged_customer_id,

@@ -284,10 +284,10 @@ impl Store {
             .context("withdraw the unpublished order.created event")?;
             match withdrawal {
                 Withdrawal::Removed => {
-                    tracing::info!(order_id = %order.order_id, "withdrew the unpublished order.created event");
+                    tracing::debug!(order_id = %order.order_id, "withdrew the unpublished order.created event");
                 }
                 Withdrawal::InFlight => {
-                    tracing::info!(order_id = %order.order_id, "order.created is being published; the processor will see the cancel too");
+                    tracing::debug!(order_id = %order.order_id, "order.created is being published; the processor will see the cancel too");
                 }
                 Withdrawal::Absent => {}
             }

@@ -148,7 +148,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         self.store
             .register(&customer_id, &hash, Role::Customer)
             .await?;
-        tracing::info!(customer_id, "customer registered");
+        tracing::debug!(customer_id, "customer registered");
         let issued = self.signer.issue(&customer_id, Role::Customer);
         Ok(Response::new(pb::RegisterResponse {
             expire_time: Some(timestamp(&issued)),
