@@ -101,7 +101,21 @@ pub async fn serve_with(
         .add_routes(Routes::from(app));
     match tls {
         None => {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // `tcp_nodelay` above applies only to the listener tonic opens
+            // itself, not to connections handed in: without this, Nagle's
+            // algorithm holds a stream's next message until the client's
+            // ACK, several milliseconds on a quiet connection (measured:
+            // WatchOrder's PAID reached the client 6 ms, p50, after the
+            // server sent it). The TLS listener does the same.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |accepted| {
+                    if let Ok(tcp) = &accepted {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                    accepted
+                },
+            );
             router
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await

@@ -173,14 +173,19 @@ impl Store {
     #[tracing::instrument(skip(self))]
     pub async fn get_order(&self, order_id: &str) -> Result<Order, Error> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
+        // GetOrder and every WatchOrder read: prepared once per connection,
+        // so a read is one round trip, not a parse and then an execute.
+        let read = client
+            .prepare_cached(
                 r#"SELECT order_id, seq, customer_id, currency_code, items, total_minor,
                           status, failure_reason, version, create_time, update_time,
                           cancel_reason, refunded_minor
                    FROM orders WHERE order_id = $1"#,
-                &[&order_id],
             )
+            .await
+            .context("prepare the order read")?;
+        let row = client
+            .query_opt(&read, &[&order_id])
             .await
             .context("read the order")?;
         match row {
