@@ -140,6 +140,8 @@ pub async fn run(args: Args) -> anyhow::Result<report::Run> {
 /// The registry's step id of the cost measurement's orders, apart from the
 /// load steps' (1, 2, ...).
 const COST_STEP: u32 = 10_000;
+/// The registry's step id of the WatchOrder step's orders.
+const WATCH_STEP: u32 = 10_001;
 
 fn say(text: &str) {
     eprintln!("bench: {text}");
@@ -171,7 +173,7 @@ async fn measure(
     stepper.run_step(200.0, 3.0, "warm-up 200/s").await?;
     mesh.check_alive()?;
     // On a quiet mesh, before any overload step can leave work behind.
-    let watch = measure_watch(&stepper.clients).await?;
+    let watch = measure_watch(&stepper.clients, registry).await?;
     mesh.check_alive()?;
     let cost = measure_cost(mesh, &stepper.clients, registry).await?;
     mesh.check_alive()?;
@@ -261,13 +263,23 @@ async fn measure_relay(
 }
 
 /// Create->PAID as a WatchOrder stream sees it, once the machine is quiet.
-async fn measure_watch(clients: &[mesh::Orders]) -> anyhow::Result<watch::WatchReport> {
+async fn measure_watch(
+    clients: &[mesh::Orders],
+    registry: &observe::Registry,
+) -> anyhow::Result<watch::WatchReport> {
     say("watch: create->PAID as a WatchOrder stream sees it, 200 orders/s for 3 s");
     load::settle().await;
-    let watch = watch::run(clients, 200.0, 3.0).await?;
+    let watch = watch::run(clients, registry, WATCH_STEP, 200.0, 3.0).await?;
     say(&format!(
-        "watch: {} of {} PAID on their stream, e2e p50 {:.2} ms p99 {:.2} ms; first message p50 {:.2} ms",
-        watch.paid, watch.orders, watch.e2e_ms.p50, watch.e2e_ms.p99, watch.first_message_ms.p50
+        "watch: {} of {} PAID on their stream, e2e p50 {:.2} ms p99 {:.2} ms; first message p50 {:.2} ms; \
+         the same orders' events p50 {:.2} ms, the stream {:.2} ms after its event (p50)",
+        watch.paid,
+        watch.orders,
+        watch.e2e_ms.p50,
+        watch.e2e_ms.p99,
+        watch.first_message_ms.p50,
+        watch.event_ms.p50,
+        watch.stream_after_event_ms.p50
     ));
     Ok(watch)
 }

@@ -3,9 +3,12 @@
 //! latency runs from the due time to the arrival of the PAID message on the
 //! order's stream. This is what an application waiting on its order sees,
 //! including order-svc's own commit of the status and the NOTIFY fan-out,
-//! which the event-based steps do not include.
+//! which the event-based steps do not include. The same orders' events are
+//! stamped too, so the step also says what the stream adds to them under
+//! the same load.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ordermesh_proto::order::v1::{OrderStatus, WatchOrderRequest};
@@ -14,7 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::load;
 use crate::mesh::Orders;
-use crate::observe::now_ns;
+use crate::observe::{Registry, Step, now_ns};
 use crate::stats::{Summary, summarize};
 
 /// Longest one order may take before it counts as an error.
@@ -30,11 +33,28 @@ pub struct WatchReport {
     pub e2e_ms: Summary,
     /// Request due → the stream's first message (the order as created).
     pub first_message_ms: Summary,
+    /// The same orders, request due → their `payment.succeeded` in the
+    /// bench's queue (as the event-based steps measure, under this step's
+    /// load).
+    pub event_ms: Summary,
+    /// Per order, PAID on its stream less its event's arrival.
+    pub stream_after_event_ms: Summary,
 }
 
-/// Creates and watches `rate` orders/s for `seconds`.
-pub async fn run(clients: &[Orders], rate: f64, seconds: f64) -> anyhow::Result<WatchReport> {
+/// Creates and watches `rate` orders/s for `seconds`; `step_id` names the
+/// orders in `registry`, which stamps their events.
+pub async fn run(
+    clients: &[Orders],
+    registry: &Registry,
+    step_id: u32,
+    rate: f64,
+    seconds: f64,
+) -> anyhow::Result<WatchReport> {
     let n = (rate * seconds).round() as usize;
+    let step = Arc::new(Step::new(n));
+    registry.add_step(step_id, step.clone());
+    let paid_at: Arc<Vec<std::sync::atomic::AtomicU64>> =
+        Arc::new((0..n).map(|_| Default::default()).collect());
     let e2e = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let first = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let origin = tokio::time::Instant::now() + Duration::from_millis(20);
@@ -45,10 +65,11 @@ pub async fn run(clients: &[Orders], rate: f64, seconds: f64) -> anyhow::Result<
         let offset = (i as f64 * interval_ns) as u64;
         tokio::time::sleep_until(origin + Duration::from_nanos(offset)).await;
         let due = start + offset;
+        step.slots[i].due.store(due, Ordering::SeqCst);
         let mut client = clients[i % clients.len()].clone();
-        let (e2e, first) = (e2e.clone(), first.clone());
+        let (e2e, first, paid_at) = (e2e.clone(), first.clone(), paid_at.clone());
         tasks.spawn(async move {
-            let order_id = format!("watch-{i}");
+            let order_id = format!("s{step_id}-{i}");
             let watched = tokio::time::timeout(PATIENCE, async {
                 client
                     .create_order(load::order(order_id.clone(), i))
@@ -59,13 +80,15 @@ pub async fn run(clients: &[Orders], rate: f64, seconds: f64) -> anyhow::Result<
                     .into_inner();
                 let mut seen_first = false;
                 while let Some(message) = stream.message().await? {
-                    let ms = now_ns().saturating_sub(due) as f64 / 1e6;
+                    let now = now_ns();
+                    let ms = now.saturating_sub(due) as f64 / 1e6;
                     if !seen_first {
                         seen_first = true;
                         first.lock().await.push(ms);
                     }
                     let status = message.order.map(|o| o.status);
                     if status == Some(OrderStatus::Paid as i32) {
+                        paid_at[i].store(now, Ordering::SeqCst);
                         e2e.lock().await.push(ms);
                         return Ok::<bool, tonic::Status>(true);
                     }
@@ -87,6 +110,19 @@ pub async fn run(clients: &[Orders], rate: f64, seconds: f64) -> anyhow::Result<
     }
     let mut e2e = std::mem::take(&mut *e2e.lock().await);
     let mut first = std::mem::take(&mut *first.lock().await);
+    let (mut event, mut after) = (Vec::new(), Vec::new());
+    for (slot, paid) in step.slots.iter().zip(paid_at.iter()) {
+        let settled = slot.settled.load(Ordering::SeqCst);
+        if settled == 0 {
+            continue;
+        }
+        let due = slot.due.load(Ordering::SeqCst);
+        event.push(settled.saturating_sub(due) as f64 / 1e6);
+        let paid = paid.load(Ordering::SeqCst);
+        if paid != 0 {
+            after.push((paid as f64 - settled as f64) / 1e6);
+        }
+    }
     Ok(WatchReport {
         offered_per_s: rate,
         orders: n,
@@ -94,5 +130,7 @@ pub async fn run(clients: &[Orders], rate: f64, seconds: f64) -> anyhow::Result<
         errors,
         e2e_ms: summarize(&mut e2e),
         first_message_ms: summarize(&mut first),
+        event_ms: summarize(&mut event),
+        stream_after_event_ms: summarize(&mut after),
     })
 }
