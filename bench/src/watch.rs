@@ -8,7 +8,7 @@
 //! the same load.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ordermesh_proto::order::v1::{OrderStatus, WatchOrderRequest};
@@ -53,8 +53,7 @@ pub async fn run(
     let n = (rate * seconds).round() as usize;
     let step = Arc::new(Step::new(n));
     registry.add_step(step_id, step.clone());
-    let paid_at: Arc<Vec<std::sync::atomic::AtomicU64>> =
-        Arc::new((0..n).map(|_| Default::default()).collect());
+    let paid_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| Default::default()).collect());
     let e2e = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let first = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let origin = tokio::time::Instant::now() + Duration::from_millis(20);
@@ -99,19 +98,34 @@ pub async fn run(
             matches!(watched, Ok(Ok(true)))
         });
     }
-    let mut paid = 0;
-    let mut errors = 0;
+    let (mut paid, mut errors) = (0, 0);
     while let Some(done) = tasks.join_next().await {
-        if done.unwrap_or(false) {
-            paid += 1;
+        *if done.unwrap_or(false) {
+            &mut paid
         } else {
-            errors += 1;
-        }
+            &mut errors
+        } += 1;
     }
     let mut e2e = std::mem::take(&mut *e2e.lock().await);
     let mut first = std::mem::take(&mut *first.lock().await);
+    let (mut event, mut after) = against_events(&step, &paid_at);
+    Ok(WatchReport {
+        offered_per_s: rate,
+        orders: n,
+        paid,
+        errors,
+        e2e_ms: summarize(&mut e2e),
+        first_message_ms: summarize(&mut first),
+        event_ms: summarize(&mut event),
+        stream_after_event_ms: summarize(&mut after),
+    })
+}
+
+/// Per order with a stamped event: due → event, and the stream's PAID
+/// (`paid_at`, 0 if none) less the event.
+fn against_events(step: &Step, paid_at: &[AtomicU64]) -> (Vec<f64>, Vec<f64>) {
     let (mut event, mut after) = (Vec::new(), Vec::new());
-    for (slot, paid) in step.slots.iter().zip(paid_at.iter()) {
+    for (slot, paid) in step.slots.iter().zip(paid_at) {
         let settled = slot.settled.load(Ordering::SeqCst);
         if settled == 0 {
             continue;
@@ -123,14 +137,5 @@ pub async fn run(
             after.push((paid as f64 - settled as f64) / 1e6);
         }
     }
-    Ok(WatchReport {
-        offered_per_s: rate,
-        orders: n,
-        paid,
-        errors,
-        e2e_ms: summarize(&mut e2e),
-        first_message_ms: summarize(&mut first),
-        event_ms: summarize(&mut event),
-        stream_after_event_ms: summarize(&mut after),
-    })
+    (event, after)
 }

@@ -32,7 +32,7 @@ impl PaymentResults {
                 tracing::debug!(order_id, status = %result.outcome.status(), version, "applied payment result");
             }
             Applied::Duplicate => {
-                tracing::debug!(order_id, "payment result already applied; skipping");
+                tracing::info!(order_id, "payment result already applied; skipping");
             }
             Applied::NotPending(status) => {
                 tracing::warn!(order_id, %status, ignored = %result.outcome.status(), "order already decided; ignoring payment result");
@@ -57,7 +57,7 @@ impl PaymentResults {
                 );
             }
             RefundApplied::Duplicate => {
-                tracing::debug!(order_id, "refund already applied; skipping")
+                tracing::info!(order_id, "refund already applied; skipping")
             }
             RefundApplied::AlreadyRecorded => {
                 tracing::warn!(order_id, "a refund is recorded already; ignoring this one");

@@ -160,12 +160,12 @@ impl OrderEventHandler {
             Settlement::Decided(Decision::Fail { reason }) => {
                 tracing::debug!(reason, "payment failed");
             }
-            Settlement::Duplicate => tracing::debug!("message already applied; skipped"),
+            Settlement::Duplicate => tracing::info!("message already applied; skipped"),
             Settlement::AlreadySettled => {
-                tracing::debug!("order already settled by another message; skipped");
+                tracing::info!("order already settled by another message; skipped");
             }
             Settlement::Cancelled => {
-                tracing::debug!("order was cancelled before it was charged; skipped");
+                tracing::info!("order was cancelled before it was charged; skipped");
             }
         }
         Ok(())
@@ -201,12 +201,12 @@ impl OrderEventHandler {
                     "order cancelled before it was charged; it never will be"
                 );
             }
-            CancelOutcome::Duplicate => tracing::debug!("message already applied; skipped"),
+            CancelOutcome::Duplicate => tracing::info!("message already applied; skipped"),
             CancelOutcome::AlreadyRefunded => {
-                tracing::debug!("order already refunded by another message; skipped");
+                tracing::info!("order already refunded by another message; skipped");
             }
             CancelOutcome::AlreadyCancelled => {
-                tracing::debug!("order already cancelled by another message; skipped");
+                tracing::info!("order already cancelled by another message; skipped");
             }
             CancelOutcome::NothingToRefund => {
                 tracing::debug!("order's payment had failed; nothing to refund");
