@@ -17,6 +17,7 @@ pub mod limits;
 pub mod load;
 pub mod mesh;
 pub mod observe;
+pub mod pace;
 pub mod procfs;
 pub mod profile;
 pub mod relay_probe;

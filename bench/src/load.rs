@@ -87,6 +87,9 @@ pub struct StepReport {
     pub e2e_ms: Summary,
     /// CreateOrder latency as the client saw it (from due time).
     pub create_rpc_ms: Summary,
+    /// How long after its due time each request went out (the load
+    /// generator's own delay, included in the latencies above).
+    pub send_late_ms: Summary,
     /// After the last request, until every order settled (or the bound).
     pub drain_s: f64,
     pub sustained: bool,
@@ -199,6 +202,7 @@ struct Schedule {
 struct Tally {
     e2e: Vec<f64>,
     rpc: Vec<f64>,
+    late: Vec<f64>,
     settled: usize,
     paid: usize,
 }
@@ -227,15 +231,16 @@ impl StepRun {
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let interval_ns = 1e9 / self.rate;
         let start = now_ns() + 20_000_000;
-        let origin = tokio::time::Instant::now() + Duration::from_millis(20);
+        let origin = std::time::Instant::now() + Duration::from_millis(20);
         let step_id = self.id;
-        for i in 0..self.n {
+        let mut ticks =
+            crate::pace::ticks(self.n, Duration::from_secs_f64(1.0 / self.rate), origin);
+        while let Some(i) = ticks.recv().await {
             let offset = (i as f64 * interval_ns) as u64;
-            tokio::time::sleep_until(origin + Duration::from_nanos(offset)).await;
             let permit = in_flight.clone().acquire_owned().await?;
-            self.step.slots[i]
-                .due
-                .store(start + offset, Ordering::SeqCst);
+            let slot = &self.step.slots[i];
+            slot.due.store(start + offset, Ordering::SeqCst);
+            slot.sent.store(now_ns(), Ordering::SeqCst);
             let client = clients[i % clients.len()].clone();
             let (step, errors) = (self.step.clone(), self.errors.clone());
             tokio::spawn(async move {
@@ -302,6 +307,7 @@ impl StepRun {
         let mut tally = Tally {
             e2e: Vec::with_capacity(self.n),
             rpc: Vec::with_capacity(self.n),
+            late: Vec::with_capacity(self.n),
             settled: 0,
             paid: 0,
         };
@@ -311,6 +317,10 @@ impl StepRun {
             let done = s.settled.load(Ordering::SeqCst);
             if answered != 0 {
                 tally.rpc.push(ms(due, answered));
+            }
+            let sent = s.sent.load(Ordering::SeqCst);
+            if sent != 0 {
+                tally.late.push(ms(due, sent));
             }
             if done != 0 && done <= bound {
                 tally.settled += 1;
@@ -392,6 +402,7 @@ impl StepRun {
             completed_per_s: r3(completed_per_s),
             e2e_ms,
             create_rpc_ms: summarize(&mut tally.rpc),
+            send_late_ms: summarize(&mut tally.late),
             drain_s: r3(end.saturating_sub(schedule.last_due) as f64 / 1e9),
             sustained,
             verdict: if sustained {

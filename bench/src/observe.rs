@@ -29,6 +29,8 @@ pub fn now_ns() -> u64 {
 pub struct OrderSlot {
     /// When the request was due (open loop: latency counts from here).
     pub due: AtomicU64,
+    /// When the request went out (the pacing thread's tick handled).
+    pub sent: AtomicU64,
     /// When CreateOrder answered (the order and its outbox row committed).
     pub answered: AtomicU64,
     /// When `payment.succeeded` / `payment.failed` arrived.

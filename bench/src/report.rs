@@ -55,6 +55,7 @@ fn rate_json(s: &StepReport) -> Value {
         "errors": s.errors,
         "drain_s": s.drain_s,
         "create_rpc_ms": s.create_rpc_ms,
+        "send_late_ms": s.send_late_ms,
         "cpu_busy": s.cpu_busy,
         "cpu_ms_per_order_mesh": mesh_cpu_ms_per_order(s),
         "cpu_s_per_1k_orders": s.cpu_s_per_1k_orders.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<String, Value>>(),

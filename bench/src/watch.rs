@@ -56,13 +56,13 @@ pub async fn run(
     let paid_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| Default::default()).collect());
     let e2e = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let first = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let origin = tokio::time::Instant::now() + Duration::from_millis(20);
+    let origin = std::time::Instant::now() + Duration::from_millis(20);
     let start = now_ns() + 20_000_000;
     let interval_ns = 1e9 / rate;
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
+    let mut ticks = crate::pace::ticks(n, Duration::from_secs_f64(1.0 / rate), origin);
+    while let Some(i) = ticks.recv().await {
         let offset = (i as f64 * interval_ns) as u64;
-        tokio::time::sleep_until(origin + Duration::from_nanos(offset)).await;
         let due = start + offset;
         step.slots[i].due.store(due, Ordering::SeqCst);
         let mut client = clients[i % clients.len()].clone();
