@@ -101,20 +101,9 @@ pub async fn serve_with(
         .add_routes(Routes::from(app));
     match tls {
         None => {
-            // `tcp_nodelay` above applies only to the listener tonic opens
-            // itself, not to connections handed in: without this, Nagle's
-            // algorithm holds a stream's next message until the client's
-            // ACK, several milliseconds on a quiet connection (measured:
-            // WatchOrder's PAID reached the client 6 ms, p50, after the
-            // server sent it). The TLS listener does the same.
-            let incoming = tokio_stream::StreamExt::map(
+            let incoming = futures::StreamExt::then(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |accepted| {
-                    if let Ok(tcp) = &accepted {
-                        let _ = tcp.set_nodelay(true);
-                    }
-                    accepted
-                },
+                plain_connection,
             );
             router
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
@@ -128,6 +117,34 @@ pub async fn serve_with(
         }
     }
     .context("serve gRPC")
+}
+
+/// One accepted plaintext connection, as the TLS listener treats them.
+///
+/// - `TCP_NODELAY`: tonic's `tcp_nodelay` applies only to a listener it
+///   opens itself, not to connections handed in. Without it, Nagle's
+///   algorithm holds a stream's next message until the client's ACK,
+///   several milliseconds on a quiet connection (measured: WatchOrder's
+///   PAID reached the client 6 ms, p50, after the server sent it).
+/// - A failed accept pauses, as hyper's does: tonic skips the error and
+///   accepts again at once, so out of file descriptors (a flood of
+///   connections) it would spin on both cores until one frees. A peer that
+///   gave up before it was accepted is no reason to pause.
+async fn plain_connection(
+    accepted: std::io::Result<tokio::net::TcpStream>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
+    match &accepted {
+        Ok(tcp) => {
+            let _ = tcp.set_nodelay(true);
+        }
+        Err(e) if matches!(e.kind(), ConnectionAborted | ConnectionReset) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "accepting a connection failed; pausing");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    accepted
 }
 
 /// Largest REST or Connect request body; a larger one is refused with 413.
@@ -324,5 +341,27 @@ mod tests {
             (err.name.as_str(), err.value.as_str()),
             (ENV_CORS_ALLOWED_ORIGINS, "*")
         );
+    }
+
+    #[tokio::test]
+    async fn plain_connections_send_at_once_and_failed_accepts_pause() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        assert!(
+            !tcp.nodelay().unwrap(),
+            "accepted sockets start with Nagle on"
+        );
+        let tcp = plain_connection(Ok(tcp)).await.unwrap();
+        assert!(tcp.nodelay().unwrap());
+
+        let start = tokio::time::Instant::now();
+        let gave_up = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        plain_connection(Err(gave_up)).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_millis(50));
+        let out_of_files = std::io::Error::from_raw_os_error(24); // EMFILE
+        plain_connection(Err(out_of_files)).await.unwrap_err();
+        assert!(start.elapsed() >= Duration::from_millis(100));
     }
 }
