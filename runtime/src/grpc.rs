@@ -101,10 +101,14 @@ pub async fn serve_with(
         .add_routes(Routes::from(app));
     match tls {
         None => {
-            let incoming = futures::StreamExt::then(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                plain_connection,
-            );
+            // tonic's own handling of accept errors is to retry at once.
+            let incoming = futures::stream::unfold(listener, |listener| async move {
+                loop {
+                    if let Some((tcp, _)) = accepted(listener.accept().await).await {
+                        return Some((Ok::<_, std::io::Error>(tcp), listener));
+                    }
+                }
+            });
             router
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await
@@ -119,32 +123,34 @@ pub async fn serve_with(
     .context("serve gRPC")
 }
 
-/// One accepted plaintext connection, as the TLS listener treats them.
+/// One `accept` as both listeners (plaintext here, TLS in
+/// [`crate::tls`]) take it: the connection, or `None` to accept again.
 ///
 /// - `TCP_NODELAY`: tonic's `tcp_nodelay` applies only to a listener it
 ///   opens itself, not to connections handed in. Without it, Nagle's
 ///   algorithm holds a stream's next message until the client's ACK,
 ///   several milliseconds on a quiet connection (measured: WatchOrder's
 ///   PAID reached the client 6 ms, p50, after the server sent it).
-/// - A failed accept pauses, as hyper's does: tonic skips the error and
-///   accepts again at once, so out of file descriptors (a flood of
-///   connections) it would spin on both cores until one frees. A peer that
-///   gave up before it was accepted is no reason to pause.
-async fn plain_connection(
-    accepted: std::io::Result<tokio::net::TcpStream>,
-) -> std::io::Result<tokio::net::TcpStream> {
+/// - A failed accept pauses, as hyper's does: accepting again at once, out
+///   of file descriptors (a flood of connections), would spin on both
+///   cores until one frees. A peer that gave up before it was accepted is
+///   no reason to pause.
+pub(crate) async fn accepted(
+    result: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
-    match &accepted {
-        Ok(tcp) => {
+    match result {
+        Ok((tcp, peer)) => {
             let _ = tcp.set_nodelay(true);
+            Some((tcp, peer))
         }
-        Err(e) if matches!(e.kind(), ConnectionAborted | ConnectionReset) => {}
+        Err(e) if matches!(e.kind(), ConnectionAborted | ConnectionReset) => None,
         Err(e) => {
             tracing::warn!(error = %e, "accepting a connection failed; pausing");
             tokio::time::sleep(Duration::from_millis(100)).await;
+            None
         }
     }
-    accepted
 }
 
 /// Largest REST or Connect request body; a larger one is refused with 413.
@@ -344,24 +350,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn plain_connections_send_at_once_and_failed_accepts_pause() {
+    async fn accepted_connections_send_at_once_and_failed_accepts_pause() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
         assert!(
             !tcp.nodelay().unwrap(),
             "accepted sockets start with Nagle on"
         );
-        let tcp = plain_connection(Ok(tcp)).await.unwrap();
+        let (tcp, _) = accepted(Ok((tcp, peer))).await.unwrap();
         assert!(tcp.nodelay().unwrap());
 
         let start = tokio::time::Instant::now();
         let gave_up = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
-        plain_connection(Err(gave_up)).await.unwrap_err();
+        assert!(accepted(Err(gave_up)).await.is_none());
         assert!(start.elapsed() < Duration::from_millis(50));
         let out_of_files = std::io::Error::from_raw_os_error(24); // EMFILE
-        plain_connection(Err(out_of_files)).await.unwrap_err();
+        assert!(accepted(Err(out_of_files)).await.is_none());
         assert!(start.elapsed() >= Duration::from_millis(100));
     }
 }

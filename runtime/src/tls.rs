@@ -200,24 +200,13 @@ async fn accept_loop(
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // The peer gave up before we accepted: nothing to do.
-                Err(e) if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                ) => continue,
-                // Out of file descriptors and the like: pause, as hyper does.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed; pausing");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => crate::grpc::accepted(accepted).await,
             () = ready.closed() => return,
         };
-        let _ = tcp.set_nodelay(true);
+        let Some((tcp, peer)) = accepted else {
+            continue;
+        };
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
