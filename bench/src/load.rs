@@ -229,17 +229,15 @@ impl StepRun {
     /// round-robin over `clients`.
     async fn send(&self, clients: &[Orders]) -> anyhow::Result<Schedule> {
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let interval_ns = 1e9 / self.rate;
-        let start = now_ns() + 20_000_000;
-        let origin = std::time::Instant::now() + Duration::from_millis(20);
         let step_id = self.id;
-        let mut ticks =
-            crate::pace::ticks(self.n, Duration::from_secs_f64(1.0 / self.rate), origin);
-        while let Some(i) = ticks.recv().await {
-            let offset = (i as f64 * interval_ns) as u64;
+        let mut ticks = crate::pace::ticks(self.n, self.rate);
+        let (mut start, mut last_due) = (None, 0);
+        while let Some((i, due)) = ticks.recv().await {
+            start.get_or_insert(due);
+            last_due = due;
             let permit = in_flight.clone().acquire_owned().await?;
             let slot = &self.step.slots[i];
-            slot.due.store(start + offset, Ordering::SeqCst);
+            slot.due.store(due, Ordering::SeqCst);
             slot.sent.store(now_ns(), Ordering::SeqCst);
             let client = clients[i % clients.len()].clone();
             let (step, errors) = (self.step.clone(), self.errors.clone());
@@ -252,8 +250,10 @@ impl StepRun {
                     .set_position(self.step.settled.load(Ordering::Relaxed) as u64);
             }
         }
-        let last_due = start + ((self.n.max(1) - 1) as f64 * interval_ns) as u64;
-        Ok(Schedule { start, last_due })
+        Ok(Schedule {
+            start: start.unwrap_or(last_due),
+            last_due,
+        })
     }
 
     /// Orders settled or failed so far.

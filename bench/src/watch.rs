@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use ordermesh_proto::order::v1::{OrderStatus, WatchOrderRequest};
 use serde::Serialize;
-use tokio::sync::Mutex;
 
 use crate::load;
 use crate::mesh::Orders;
@@ -53,20 +52,15 @@ pub async fn run(
     let n = (rate * seconds).round() as usize;
     let step = Arc::new(Step::new(n));
     registry.add_step(step_id, step.clone());
+    // Per order, when the stream's first message and its PAID arrived.
+    let first_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| Default::default()).collect());
     let paid_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| Default::default()).collect());
-    let e2e = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let first = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let origin = std::time::Instant::now() + Duration::from_millis(20);
-    let start = now_ns() + 20_000_000;
-    let interval_ns = 1e9 / rate;
     let mut tasks = tokio::task::JoinSet::new();
-    let mut ticks = crate::pace::ticks(n, Duration::from_secs_f64(1.0 / rate), origin);
-    while let Some(i) = ticks.recv().await {
-        let offset = (i as f64 * interval_ns) as u64;
-        let due = start + offset;
+    let mut ticks = crate::pace::ticks(n, rate);
+    while let Some((i, due)) = ticks.recv().await {
         step.slots[i].due.store(due, Ordering::SeqCst);
         let mut client = clients[i % clients.len()].clone();
-        let (e2e, first, paid_at) = (e2e.clone(), first.clone(), paid_at.clone());
+        let (first_at, paid_at) = (first_at.clone(), paid_at.clone());
         tasks.spawn(async move {
             let order_id = format!("s{step_id}-{i}");
             let watched = tokio::time::timeout(PATIENCE, async {
@@ -77,18 +71,12 @@ pub async fn run(
                     .watch_order(WatchOrderRequest { order_id })
                     .await?
                     .into_inner();
-                let mut seen_first = false;
                 while let Some(message) = stream.message().await? {
                     let now = now_ns();
-                    let ms = now.saturating_sub(due) as f64 / 1e6;
-                    if !seen_first {
-                        seen_first = true;
-                        first.lock().await.push(ms);
-                    }
-                    let status = message.order.map(|o| o.status);
-                    if status == Some(OrderStatus::Paid as i32) {
+                    let _ =
+                        first_at[i].compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+                    if message.order.map(|o| o.status) == Some(OrderStatus::Paid as i32) {
                         paid_at[i].store(now, Ordering::SeqCst);
-                        e2e.lock().await.push(ms);
                         return Ok::<bool, tonic::Status>(true);
                     }
                 }
@@ -100,14 +88,22 @@ pub async fn run(
     }
     let (mut paid, mut errors) = (0, 0);
     while let Some(done) = tasks.join_next().await {
-        *if done.unwrap_or(false) {
-            &mut paid
+        if done.unwrap_or(false) {
+            paid += 1;
         } else {
-            &mut errors
-        } += 1;
+            errors += 1;
+        }
     }
-    let mut e2e = std::mem::take(&mut *e2e.lock().await);
-    let mut first = std::mem::take(&mut *first.lock().await);
+    let since_due = |at: &[AtomicU64]| -> Vec<f64> {
+        step.slots
+            .iter()
+            .zip(at)
+            .map(|(slot, at)| (slot.due.load(Ordering::SeqCst), at.load(Ordering::SeqCst)))
+            .filter(|(_, at)| *at != 0)
+            .map(|(due, at)| at.saturating_sub(due) as f64 / 1e6)
+            .collect()
+    };
+    let (mut e2e, mut first) = (since_due(&paid_at), since_due(&first_at));
     let (mut event, mut after) = against_events(&step, &paid_at);
     Ok(WatchReport {
         offered_per_s: rate,
