@@ -6,6 +6,7 @@
 //! [`run_worker`] runs this in a loop, and decides when to poll and when to
 //! sleep (`drain/worker.rs`).
 
+mod warmth;
 mod worker;
 
 use std::time::Duration;

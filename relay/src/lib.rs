@@ -63,7 +63,7 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(1);
 pub const ENV_IDLE_AFTER_MS: &str = "RELAY_IDLE_AFTER_MS";
 pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_millis(250);
 pub const ENV_WARM_ROWS: &str = "RELAY_WARM_ROWS";
-pub const DEFAULT_WARM_ROWS: usize = 20;
+pub const DEFAULT_WARM_ROWS: usize = 75;
 pub const ENV_REBALANCE_MS: &str = "RELAY_REBALANCE_MS";
 pub const DEFAULT_REBALANCE: Duration = Duration::from_millis(500);
 pub const ENV_PUBLISH_TIMEOUT_MS: &str = "RELAY_PUBLISH_TIMEOUT_MS";
@@ -131,15 +131,15 @@ pub const VARS: &[Var] = &[
     ),
     Var::new(
         ENV_WARM_ROWS,
-        "20",
+        "75",
         "rows",
-        "start polling once this many rows came within RELAY_IDLE_AFTER_MS",
+        "poll from this many rows per RELAY_IDLE_AFTER_MS up (or a tenth of them in a tenth of it); below, writers notify",
     ),
     Var::new(
         ENV_IDLE_AFTER_MS,
         "250",
         "ms",
-        "stop polling (back to LISTEN/NOTIFY) after this long without rows",
+        "the window rows are counted in: polling stops once it held fewer than 3/4 of RELAY_WARM_ROWS",
     ),
     Var::new(
         ENV_REBALANCE_MS,

@@ -1,17 +1,16 @@
 //! The loop of one source: broker and lease connections, warm or cold, one
 //! batch ([`super::drain_once`]) at a time.
 //!
-//! Waking up: once at least `RELAY_WARM_ROWS` rows came within
-//! `RELAY_IDLE_AFTER_MS`, the worker is *warm*: it holds its partitions'
-//! warm locks and polls every `RELAY_POLL_MS`, and writers skip their
-//! NOTIFY (under load a NOTIFY per commit would serialize the writers'
-//! commits). Once nothing came for `RELAY_IDLE_AFTER_MS` it turns *cold*:
-//! releases the warm locks, passes the writers' gate, claims once more and
-//! then sleeps until a NOTIFY for one of its partitions, the fallback tick,
-//! the next rebalance or shutdown. A trickle of rows never warms it: a
-//! NOTIFY per commit is cheap then, and polling is not.
+//! Waking up: from `RELAY_WARM_ROWS` rows per `RELAY_IDLE_AFTER_MS` up
+//! (when and for how long: [`Warmth`]) the worker is *warm*: it holds its
+//! partitions' warm locks and polls every `RELAY_POLL_MS`, and writers skip
+//! their NOTIFY (under load a NOTIFY per commit would serialize the
+//! writers' commits). Below that it turns *cold*: releases the warm locks,
+//! passes the writers' gate, claims once more and then sleeps until a
+//! NOTIFY for one of its partitions, the fallback tick, the next rebalance
+//! or shutdown. A trickle, or a moderate rate, never warms it: a NOTIFY per
+//! commit is cheap then and wakes the relay at once, and polling is not.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::warmth::Warmth;
 use super::{DrainError, Policy, Step, drain_once};
 use crate::lease::{self, Lease};
 use crate::publisher::Publisher;
@@ -49,9 +49,9 @@ pub struct WorkerConfig {
     pub fallback_tick: Duration,
     /// Poll this often while warm; zero never polls (every writer notifies).
     pub poll_interval: Duration,
-    /// Turn cold after this long without rows.
+    /// The window rows are counted in ([`Warmth`]).
     pub idle_after: Duration,
-    /// Turn warm once this many rows came within `idle_after`.
+    /// Poll from this many rows within `idle_after` up ([`Warmth`]).
     pub warm_rows: usize,
     /// Recount the relays and move leases this often.
     pub rebalance_interval: Duration,
@@ -68,7 +68,7 @@ pub async fn run_worker(
     held: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    Worker::new(config, pool, wake, held, shutdown).run().await;
+    Worker::new(config, pool, wake, held, shutdown)?.run().await;
     Ok(())
 }
 
@@ -103,8 +103,12 @@ struct Worker {
     /// Rows deleted since the relay last vacuumed the outbox.
     deleted_since_vacuum: usize,
     last_vacuum: Instant,
-    /// Rows published within the last `idle_after`, by batch.
-    recent: VecDeque<(Instant, usize)>,
+    /// The vacuum's own connection, so the drain never waits for it...
+    vacuum_pool: Pool,
+    /// ... and the vacuum in progress, if one is.
+    vacuuming: Option<tokio::task::JoinHandle<()>>,
+    /// Rows published lately: whether to poll.
+    warmth: Warmth,
     /// Whether the last claim came back full: then claim again at once.
     last_full: bool,
     /// Probe for due rows before claiming: the last wait ended without a
@@ -125,8 +129,10 @@ impl Worker {
         wake: Arc<Notify>,
         held: Arc<AtomicU64>,
         shutdown: CancellationToken,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let warmth = Warmth::new(config.idle_after, config.warm_rows);
+        let vacuum_pool = ordermesh_runtime::db::pool(config.database.clone(), 1)?;
+        Ok(Self {
             config,
             pool,
             wake,
@@ -140,11 +146,13 @@ impl Worker {
             warm_until: None,
             deleted_since_vacuum: 0,
             last_vacuum: Instant::now(),
-            recent: VecDeque::new(),
+            vacuum_pool,
+            vacuuming: None,
+            warmth,
             last_full: false,
             probe_first: false,
             backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
-        }
+        })
     }
 
     fn source(&self) -> &str {
@@ -162,13 +170,16 @@ impl Worker {
             let Some(polling) = self.choose_mode().await else {
                 continue;
             };
-            self.vacuum_now_and_then().await;
+            self.vacuum_now_and_then();
             self.drain_and_wait(&partitions, polling).await;
         }
         if let Some(p) = self.publisher.take() {
             p.close().await;
         }
         drop(self.leases.take());
+        if let Some(vacuum) = self.vacuuming.take() {
+            let _ = vacuum.await;
+        }
         tracing::info!(source = self.source(), "worker stopped");
     }
 
@@ -306,26 +317,15 @@ impl Worker {
     /// just turned cold, or the lease connection failed).
     async fn choose_mode(&mut self) -> Option<bool> {
         let now = Instant::now();
-        let idle_after = self.config.idle_after;
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > idle_after)
-        {
-            self.recent.pop_front();
-        }
-        let rows: usize = self.recent.iter().map(|(_, n)| n).sum();
         let source = self.config.policy.source.clone();
         let lease = self.leases.as_mut()?;
-        // Hysteresis: warm at `warm_rows` per window, cold below a quarter.
-        let threshold = if lease.is_warm() {
-            (self.config.warm_rows / 4).max(1)
-        } else {
-            self.config.warm_rows
-        };
         let polling = !self.config.poll_interval.is_zero()
-            && (rows >= threshold || self.warm_until.is_some_and(|t| now < t));
+            && (self.warmth.wants_poll(now, lease.is_warm())
+                || self.warm_until.is_some_and(|t| now < t));
         if polling {
+            if !lease.is_warm() {
+                tracing::debug!(source, "rows come fast: polling, writers skip their NOTIFY");
+            }
             if let Err(e) = lease.warm().await {
                 tracing::warn!(source, error = %e, "taking the warm locks failed; reconnecting the lease connection");
                 self.leases = None;
@@ -334,6 +334,7 @@ impl Worker {
         } else if lease.is_warm() {
             // Just went idle: from now on writers notify; claim once more
             // after the writers in flight are done.
+            tracing::debug!(source, "rows come slowly: back to NOTIFY");
             if let Err(e) = lease.cool().await {
                 tracing::warn!(source, error = %e, "releasing the warm locks failed; reconnecting the lease connection");
                 self.leases = None;
@@ -344,18 +345,33 @@ impl Worker {
     }
 
     /// Step 4: keep the outbox's dead rows few: every claim and probe walks
-    /// them in the primary key, and autovacuum comes once a minute.
-    async fn vacuum_now_and_then(&mut self) {
-        if self.deleted_since_vacuum >= VACUUM_ROWS && self.last_vacuum.elapsed() >= VACUUM_INTERVAL
+    /// them in the primary key, and autovacuum comes once a minute. The
+    /// vacuum runs beside the drain (it takes a lock that does not conflict
+    /// with the claims and deletes); at most one at a time.
+    fn vacuum_now_and_then(&mut self) {
+        if self.vacuuming.as_ref().is_some_and(|v| !v.is_finished())
+            || self.deleted_since_vacuum < VACUUM_ROWS
+            || self.last_vacuum.elapsed() < VACUUM_INTERVAL
         {
-            if let Ok(client) = self.pool.get().await
-                && let Err(e) = store::vacuum(&client).await
-            {
-                tracing::debug!(source = self.source(), error = %e, "vacuuming the outbox failed");
-            }
-            self.deleted_since_vacuum = 0;
-            self.last_vacuum = Instant::now();
+            return;
         }
+        let pool = self.vacuum_pool.clone();
+        let source = self.source().to_owned();
+        self.vacuuming = Some(tokio::spawn(async move {
+            let vacuumed = match pool.get().await {
+                Ok(client) => store::vacuum(&client).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = vacuumed {
+                tracing::debug!(
+                    source,
+                    error = format!("{e:#}"),
+                    "vacuuming the outbox failed"
+                );
+            }
+        }));
+        self.deleted_since_vacuum = 0;
+        self.last_vacuum = Instant::now();
     }
 
     /// Step 5: one batch, then the wait its result calls for.
@@ -384,7 +400,7 @@ impl Worker {
             }) => {
                 self.backoff.reset();
                 self.broker_lost_since = None;
-                self.recent.push_back((Instant::now(), published));
+                self.warmth.record(Instant::now(), published);
                 self.deleted_since_vacuum += published;
                 if full {
                     return;
