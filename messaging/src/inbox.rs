@@ -44,7 +44,7 @@ pub fn retention_from_env(env: &impl Env) -> Result<Duration, ConfigError> {
     )
 )]
 pub async fn record(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl deadpool_postgres::GenericClient,
     consumer: &str,
     message_id: &str,
 ) -> Result<bool, tokio_postgres::Error> {

@@ -12,6 +12,7 @@ mod worker;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use ordermesh_runtime::db::PipelinedTx;
 use ordermesh_runtime::metrics::{RELAY_PARKED, RELAY_PUBLISH_FAILURES};
 
 pub use self::worker::{WorkerConfig, run_worker};
@@ -92,9 +93,10 @@ pub async fn drain_once(
     policy: &Policy,
     partitions: &[i16],
 ) -> Result<Step, DrainError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let rows = store::claim(&tx, partitions, policy.batch_size).await?;
+    // BEGIN goes out with the claim, and the COMMIT with the delete.
+    let tx = PipelinedTx::new(pool.get().await?);
+    let claim = store::claim(tx.client(), partitions, policy.batch_size);
+    let ((), rows) = tokio::try_join!(biased; tx.begin(), claim)?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(Step::Empty);
@@ -109,17 +111,21 @@ pub async fn drain_once(
         })?
         .map_err(DrainError::Broker)?;
     let mut settled = Settled::sort(policy, &rows, outcomes);
-    settled.unpark_replayed(&tx, &rows).await?;
-    if !settled.published.is_empty() {
-        store::delete(&tx, &settled.published).await?;
-    }
+    let client = tx.client();
+    settled.unpark_replayed(client, &rows).await?;
     if !settled.retries.is_empty() {
-        store::retry_later(&tx, &settled.retries).await?;
+        store::retry_later(client, &settled.retries).await?;
     }
     if !settled.parked.is_empty() {
-        store::park(&tx, &settled.parked).await?;
+        store::park(client, &settled.parked).await?;
     }
-    tx.commit().await?;
+    if settled.published.is_empty() {
+        tx.commit().await?;
+    } else {
+        let statement = store::delete_statement(client).await?;
+        let delete = store::delete(client, &statement, &settled.published);
+        tokio::try_join!(biased; delete, tx.commit())?;
+    }
     settled.report(policy, &rows);
     Ok(Step::Drained {
         published: settled.published.len(),
@@ -207,7 +213,7 @@ impl Settled {
     /// and then finds them gone.
     async fn unpark_replayed(
         &mut self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::Client,
         rows: &[OutboxRow],
     ) -> Result<(), tokio_postgres::Error> {
         let behind = |id: i64| rows.iter().find(|r| r.id == id && r.behind_parked);

@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::GenericClient as Pooled;
 use ordermesh_messaging::outbox::{GATE_LOCK_CLASS, PARTITIONS};
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 /// Advisory lock class (first key; the second is the partition) of a
 /// partition lease, held on the relay's lease connection.
@@ -64,7 +64,7 @@ pub struct OutboxRow {
 // every tick; at info each claim would be a root trace of its own.
 #[tracing::instrument(level = "debug", skip(tx, partitions), fields(partitions = partitions.len()))]
 pub async fn claim(
-    tx: &Transaction<'_>,
+    tx: &impl Pooled,
     partitions: &[i16],
     limit: i64,
 ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
@@ -115,7 +115,7 @@ pub struct Retry {
 /// Records one more refused attempt of each row and when it is due again.
 #[tracing::instrument(level = "debug", skip_all, fields(count = retries.len()))]
 pub async fn retry_later(
-    tx: &Transaction<'_>,
+    tx: &impl Pooled,
     retries: &[Retry],
 ) -> Result<u64, tokio_postgres::Error> {
     let ids: Vec<i64> = retries.iter().map(|r| r.id).collect();
@@ -143,7 +143,7 @@ pub struct Park {
 /// Moves rows from the outbox to `outbox_parked`, with their reasons, in
 /// the caller's transaction.
 #[tracing::instrument(level = "debug", skip_all, fields(count = parked.len()))]
-pub async fn park(tx: &Transaction<'_>, parked: &[Park]) -> Result<u64, tokio_postgres::Error> {
+pub async fn park(tx: &impl Pooled, parked: &[Park]) -> Result<u64, tokio_postgres::Error> {
     let ids: Vec<i64> = parked.iter().map(|p| p.id).collect();
     let attempts: Vec<i32> = parked.iter().map(|p| p.attempts).collect();
     let reasons: Vec<&str> = parked.iter().map(|p| p.reason.as_str()).collect();
@@ -165,7 +165,7 @@ pub async fn park(tx: &Transaction<'_>, parked: &[Park]) -> Result<u64, tokio_po
 /// Which of `aggregates` still have parked rows, locked (`FOR KEY SHARE`)
 /// until the caller commits, so a replay cannot move them back meanwhile.
 pub async fn lock_parked_aggregates(
-    tx: &Transaction<'_>,
+    tx: &impl Pooled,
     aggregates: &[&str],
 ) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
     let rows = tx
@@ -179,13 +179,21 @@ pub async fn lock_parked_aggregates(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Deletes published rows.
-#[tracing::instrument(level = "debug", skip(tx, ids), fields(count = ids.len()))]
-pub async fn delete(tx: &Transaction<'_>, ids: &[i64]) -> Result<u64, tokio_postgres::Error> {
-    let delete = tx
-        .prepare_cached(r#"DELETE FROM outbox WHERE id = ANY($1)"#)
-        .await?;
-    tx.execute(&delete, &[&ids]).await
+/// Deletes published rows with `statement` ([`delete_statement`]); the
+/// caller prepares it first, so this can go out with the COMMIT behind it.
+#[tracing::instrument(level = "debug", skip_all, fields(count = ids.len()))]
+pub async fn delete(
+    tx: &impl Pooled,
+    statement: &Statement,
+    ids: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(statement, &[&ids]).await
+}
+
+/// The statement of [`delete`], prepared once per connection.
+pub async fn delete_statement(tx: &impl Pooled) -> Result<Statement, tokio_postgres::Error> {
+    tx.prepare_cached(r#"DELETE FROM outbox WHERE id = ANY($1)"#)
+        .await
 }
 
 /// Whether any row of `partitions` is due (as [`claim`] means it): one

@@ -513,5 +513,8 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
+mod pipelined;
 #[cfg(test)]
 mod tests;
+
+pub use pipelined::PipelinedTx;

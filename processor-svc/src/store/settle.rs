@@ -1,8 +1,9 @@
 //! Settling an `order.created`: the decision, the debit and the outcome
 //! event in one transaction; and rejecting an order the database refuses.
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{Client, Transaction};
 use ordermesh_messaging::outbox::{self, OutboxEvent};
+use ordermesh_runtime::db::PipelinedTx;
 use tokio_postgres::types::ToSql;
 use tracing::Instrument as _;
 
@@ -52,7 +53,7 @@ impl Store {
     /// changes nothing), debits on success (with a DEBIT ledger row) and
     /// enqueues the outcome built by `outcome_event`.
     ///
-    /// Four round trips: BEGIN; the inbox insert and the account lock,
+    /// Three round trips: BEGIN, the inbox insert and the account lock,
     /// pipelined; the decision's writes as one statement; COMMIT.
     #[tracing::instrument(skip(self, order, embargo, outcome_event), fields(order_id = %order.order_id))]
     pub async fn settle_order(
@@ -63,8 +64,7 @@ impl Store {
         embargo: &Embargo,
         outcome_event: impl FnOnce(&Decision) -> OutboxEvent,
     ) -> Result<Settlement, Error> {
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
+        let tx = PipelinedTx::new(self.pool.get().await?);
         let Some(account) =
             record_and_lock_account(&tx, consumer, message_id, &order.customer_id).await?
         else {
@@ -73,9 +73,9 @@ impl Store {
         };
         let decision = rules::decide(order, account.as_ref(), embargo);
         let event = outcome_event(&decision);
-        let written = write_decision(&tx, message_id, order, &decision, &event).await?;
+        let written = write_decision(tx.client(), message_id, order, &decision, &event).await?;
         if !written.decided {
-            let previous = decided_before(&tx, &order.order_id, written.previous).await?;
+            let previous = decided_before(tx.client(), &order.order_id, written.previous).await?;
             tx.commit().await?;
             return Ok(Settlement::earlier(previous.as_deref()));
         }
@@ -135,17 +135,19 @@ impl Store {
     }
 }
 
-/// Records `message_id` in the inbox of `consumer` and locks the account of
-/// `customer_id`, sent together (a duplicate only took the account lock for
-/// nothing): `None` for a known message id, else the account if it exists.
+/// Begins `tx` and, in the same flight, records `message_id` in the inbox
+/// of `consumer` and locks the account of `customer_id` (a duplicate only
+/// took the account lock for nothing): `None` for a known message id, else
+/// the account if it exists.
 async fn record_and_lock_account(
-    tx: &Transaction<'_>,
+    tx: &PipelinedTx,
     consumer: &str,
     message_id: &str,
     customer_id: &str,
 ) -> Result<Option<Option<AccountSnapshot>>, Error> {
+    let client = tx.client();
     // The hot path's statements are prepared once per connection.
-    let lock_account = tx
+    let lock_account = client
         .prepare_cached(
             r#"SELECT currency_code, balance_minor
                FROM accounts
@@ -154,9 +156,11 @@ async fn record_and_lock_account(
         )
         .await?;
     let customer: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&customer_id];
-    let (fresh, account) = tokio::try_join!(
-        ordermesh_messaging::inbox::record(tx, consumer, message_id),
-        tx.query_opt(&lock_account, &customer),
+    let ((), fresh, account) = tokio::try_join!(
+        biased;
+        tx.begin(),
+        ordermesh_messaging::inbox::record(client, consumer, message_id),
+        client.query_opt(&lock_account, &customer),
     )?;
     Ok(fresh.then(|| {
         account.map(|row| AccountSnapshot {
@@ -170,7 +174,7 @@ async fn record_and_lock_account(
 /// is new, the debit of a payment, its DEBIT ledger row and `event` in the
 /// outbox.
 async fn write_decision(
-    tx: &Transaction<'_>,
+    tx: &Client,
     message_id: &str,
     order: &Order,
     decision: &Decision,
@@ -244,7 +248,7 @@ async fn write_decision(
 /// snapshot's row (`previous`), or (when a concurrent decision committed
 /// while this one waited) the committed one.
 async fn decided_before(
-    tx: &Transaction<'_>,
+    tx: &Client,
     order_id: &str,
     previous: Option<String>,
 ) -> Result<Option<String>, Error> {

@@ -1,4 +1,5 @@
 //! Integration tests of the runtime crate (one binary, see STYLE.md).
 
 mod db_tls;
+mod pipelined;
 mod tls;
