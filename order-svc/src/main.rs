@@ -27,8 +27,11 @@ enum Command {
     Migrate,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    service::runtime().block_on(run())
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let config = service::config_or_exit(Config::from_env(&ProcessEnv));
     telemetry::init();

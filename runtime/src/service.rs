@@ -36,6 +36,9 @@ use crate::tls::ServerTls;
 pub const ENV_DB_POOL_SIZE: &str = "DB_POOL_SIZE";
 pub const DEFAULT_DB_POOL_SIZE: usize = 16;
 pub const ENV_SHUTDOWN_GRACE_MS: &str = "SHUTDOWN_GRACE_MS";
+/// Async worker threads of the binary's runtime ([`runtime`]).
+pub const ENV_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A service's own names for the variables every service has.
@@ -274,6 +277,42 @@ pub async fn bind(binary: &str, addr: SocketAddr, tls: bool) -> anyhow::Result<T
 /// The configuration, or — for a bad one — `error: <what is wrong, naming
 /// the variable>` on stderr and exit code 2. Every binary's `main` reads
 /// its configuration through this, before anything starts.
+/// The tokio runtime every binary runs on: [`ENV_WORKER_THREADS`] worker
+/// threads, [`DEFAULT_WORKER_THREADS`] unless set (exits 2 on a value that
+/// is not a positive count).
+///
+/// One by default: each service is I/O-bound and its requests are small,
+/// and with more workers than it keeps busy, every message, query and
+/// answer hops between threads that park and wake. On the 2-core bench
+/// machine one worker took 15–25 % less CPU per order at 200/s in each
+/// binary than two (docs/BENCH.md). Blocking work (password hashing) runs
+/// on tokio's blocking pool, and lapin's I/O on its own thread, so a
+/// service still uses more than one core; past that, add replicas, or
+/// raise the count for a pod given several cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    let workers = config_or_exit(worker_threads(&config::ProcessEnv));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            std::process::exit(1);
+        })
+}
+
+fn worker_threads(env: &impl Env) -> Result<usize, ConfigError> {
+    let workers = config::parse(env, ENV_WORKER_THREADS, DEFAULT_WORKER_THREADS)?;
+    if workers == 0 {
+        return Err(config::invalid(
+            ENV_WORKER_THREADS,
+            "0",
+            "at least one worker thread is needed",
+        ));
+    }
+    Ok(workers)
+}
+
 pub fn config_or_exit<T>(config: Result<T, ConfigError>) -> T {
     config.unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -356,5 +395,18 @@ mod tests {
         assert_eq!(c.db_pool_size, 16);
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn one_worker_thread_unless_a_positive_count_is_set() {
+        let none = HashMap::<&str, String>::new();
+        assert_eq!(worker_threads(&none).unwrap(), DEFAULT_WORKER_THREADS);
+        let four = HashMap::from([(ENV_WORKER_THREADS, "4".to_owned())]);
+        assert_eq!(worker_threads(&four).unwrap(), 4);
+        for bad in ["0", "-1", "two"] {
+            let env = HashMap::from([(ENV_WORKER_THREADS, bad.to_owned())]);
+            let err = worker_threads(&env).unwrap_err();
+            assert_eq!(err.name, ENV_WORKER_THREADS, "{err}");
+        }
     }
 }

@@ -58,6 +58,12 @@ pub const SERVER: &[Var] = &[
         "PEM CA certificates trusted for PostgreSQL (sslmode=verify-ca, verify-full) besides the system's",
     ),
     Var::new(
+        super::ENV_WORKER_THREADS,
+        "1",
+        "threads",
+        "async worker threads (blocking work, e.g. password hashing, has its own); raise for a pod given more than one core",
+    ),
+    Var::new(
         super::ENV_SHUTDOWN_GRACE_MS,
         "10000",
         "ms",
@@ -138,10 +144,14 @@ pub const TELEMETRY: &[Var] = &[
 
 /// The listed variables a binary reads as it starts rather than in its
 /// `Config::from_env` ([`crate::config::check_listed`]'s `read_elsewhere`):
-/// telemetry's, and for a service the REST body limit.
+/// telemetry's, the runtime's worker threads, and for a service the REST
+/// body limit.
 pub fn read_at_start() -> Vec<&'static str> {
     let telemetry = TELEMETRY.iter().map(|v| v.name);
     telemetry
-        .chain([crate::grpc::ENV_REST_MAX_BODY_BYTES])
+        .chain([
+            super::ENV_WORKER_THREADS,
+            crate::grpc::ENV_REST_MAX_BODY_BYTES,
+        ])
         .collect()
 }
