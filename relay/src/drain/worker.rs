@@ -317,7 +317,7 @@ impl Worker {
     /// just turned cold, or the lease connection failed).
     async fn choose_mode(&mut self) -> Option<bool> {
         let now = Instant::now();
-        let source = self.config.policy.source.clone();
+        let source = self.config.policy.source.as_str();
         let lease = self.leases.as_mut()?;
         let polling = !self.config.poll_interval.is_zero()
             && (self.warmth.wants_poll(now, lease.is_warm())
