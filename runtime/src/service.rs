@@ -36,10 +36,10 @@ use crate::tls::ServerTls;
 pub const ENV_DB_POOL_SIZE: &str = "DB_POOL_SIZE";
 pub const DEFAULT_DB_POOL_SIZE: usize = 16;
 pub const ENV_SHUTDOWN_GRACE_MS: &str = "SHUTDOWN_GRACE_MS";
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Async worker threads of the binary's runtime ([`runtime`]).
 pub const ENV_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
 pub const DEFAULT_WORKER_THREADS: usize = 1;
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A service's own names for the variables every service has.
 #[derive(Debug, Clone, Copy)]
@@ -274,9 +274,6 @@ pub async fn bind(binary: &str, addr: SocketAddr, tls: bool) -> anyhow::Result<T
     Ok(listener)
 }
 
-/// The configuration, or — for a bad one — `error: <what is wrong, naming
-/// the variable>` on stderr and exit code 2. Every binary's `main` reads
-/// its configuration through this, before anything starts.
 /// The tokio runtime every binary runs on: [`ENV_WORKER_THREADS`] worker
 /// threads, [`DEFAULT_WORKER_THREADS`] unless set (exits 2 on a value that
 /// is not a positive count).
@@ -290,7 +287,11 @@ pub async fn bind(binary: &str, addr: SocketAddr, tls: bool) -> anyhow::Result<T
 /// service still uses more than one core; past that, add replicas, or
 /// raise the count for a pod given several cores.
 pub fn runtime() -> tokio::runtime::Runtime {
-    let workers = config_or_exit(worker_threads(&config::ProcessEnv));
+    let workers = config_or_exit(config::at_least_one(
+        &config::ProcessEnv,
+        ENV_WORKER_THREADS,
+        DEFAULT_WORKER_THREADS,
+    ));
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -301,18 +302,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
         })
 }
 
-fn worker_threads(env: &impl Env) -> Result<usize, ConfigError> {
-    let workers = config::parse(env, ENV_WORKER_THREADS, DEFAULT_WORKER_THREADS)?;
-    if workers == 0 {
-        return Err(config::invalid(
-            ENV_WORKER_THREADS,
-            "0",
-            "at least one worker thread is needed",
-        ));
-    }
-    Ok(workers)
-}
-
+/// The configuration, or — for a bad one — `error: <what is wrong, naming
+/// the variable>` on stderr and exit code 2. Every binary's `main` reads
+/// its configuration through this, before anything starts.
 pub fn config_or_exit<T>(config: Result<T, ConfigError>) -> T {
     config.unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -399,13 +391,15 @@ mod tests {
 
     #[test]
     fn one_worker_thread_unless_a_positive_count_is_set() {
-        let none = HashMap::<&str, String>::new();
-        assert_eq!(worker_threads(&none).unwrap(), DEFAULT_WORKER_THREADS);
+        let threads = |env: &HashMap<&str, String>| {
+            config::at_least_one(env, ENV_WORKER_THREADS, DEFAULT_WORKER_THREADS)
+        };
+        assert_eq!(threads(&HashMap::new()).unwrap(), DEFAULT_WORKER_THREADS);
         let four = HashMap::from([(ENV_WORKER_THREADS, "4".to_owned())]);
-        assert_eq!(worker_threads(&four).unwrap(), 4);
+        assert_eq!(threads(&four).unwrap(), 4);
         for bad in ["0", "-1", "two"] {
             let env = HashMap::from([(ENV_WORKER_THREADS, bad.to_owned())]);
-            let err = worker_threads(&env).unwrap_err();
+            let err = threads(&env).unwrap_err();
             assert_eq!(err.name, ENV_WORKER_THREADS, "{err}");
         }
     }

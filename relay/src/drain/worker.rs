@@ -358,11 +358,8 @@ impl Worker {
         let pool = self.vacuum_pool.clone();
         let source = self.source().to_owned();
         self.vacuuming = Some(tokio::spawn(async move {
-            let vacuumed = match pool.get().await {
-                Ok(client) => store::vacuum(&client).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = vacuumed {
+            let vacuumed = async { anyhow::Ok(store::vacuum(&*pool.get().await?).await?) };
+            if let Err(e) = vacuumed.await {
                 tracing::debug!(
                     source,
                     error = format!("{e:#}"),

@@ -5,6 +5,7 @@
 use deadpool_postgres::Pool;
 use ordermesh_runtime::db::{self, PipelinedTx};
 use ordermesh_testkit::TestDatabase;
+use tokio_postgres::Statement;
 
 async fn setup(pool_size: usize) -> (TestDatabase, Pool) {
     let db = TestDatabase::create().await;
@@ -36,9 +37,9 @@ async fn backend_pid(client: &deadpool_postgres::Client) -> i32 {
         .get(0)
 }
 
-#[tokio::test]
-async fn begin_and_commit_sent_with_statements_make_one_transaction() {
-    let (db, pool) = setup(2).await;
+/// A transaction on `pool` begun in the same flight as inserting 1, and the
+/// prepared insert.
+async fn begun_with_an_insert(pool: &Pool) -> (PipelinedTx, Statement) {
     let tx = PipelinedTx::new(pool.get().await.unwrap());
     let insert = tx
         .client()
@@ -48,6 +49,13 @@ async fn begin_and_commit_sent_with_statements_make_one_transaction() {
     let first = tx.client().execute(&insert, &[&1i32]);
     let ((), n) = tokio::try_join!(biased; tx.begin(), first).unwrap();
     assert_eq!(n, 1);
+    (tx, insert)
+}
+
+#[tokio::test]
+async fn begin_and_commit_sent_with_statements_make_one_transaction() {
+    let (db, pool) = setup(2).await;
+    let (tx, insert) = begun_with_an_insert(&pool).await;
     assert!(
         committed(&db).await.is_empty(),
         "the insert behind BEGIN is not visible before the COMMIT"
@@ -60,14 +68,7 @@ async fn begin_and_commit_sent_with_statements_make_one_transaction() {
 #[tokio::test]
 async fn a_failed_statement_before_the_commit_commits_nothing() {
     let (db, pool) = setup(1).await;
-    let tx = PipelinedTx::new(pool.get().await.unwrap());
-    let insert = tx
-        .client()
-        .prepare_cached("INSERT INTO t (id) VALUES ($1)")
-        .await
-        .unwrap();
-    let first = tx.client().execute(&insert, &[&1i32]);
-    tokio::try_join!(biased; tx.begin(), first).unwrap();
+    let (tx, insert) = begun_with_an_insert(&pool).await;
     let again = tx.client().execute(&insert, &[&1i32]);
     let err = tokio::try_join!(biased; again, tx.commit()).unwrap_err();
     assert_eq!(
